@@ -1,0 +1,25 @@
+# KETCHUP: K-step return estimation for sequential knowledge distillation.
+# The data flows top to bottom through the rule files below; every rule calls one `python -m ketchup`
+# stage. Targets: results/tables/main.csv (the paper's main table), or `all`.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/teacher_outputs.smk"
+include: "workflow/rules/students.smk"
+include: "workflow/rules/predictions.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        "results/tables/main.csv",
+    default_target: True

@@ -1,0 +1,5 @@
+import sys
+
+from ketchup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Tokenised batches and the one alignment both architectures share.
+
+Every objective sees ``logits [B, T, V]`` aligned with ``target_ids [B, T]`` and ``target_mask
+[B, T]`` (1 on real target tokens, the last real one EOS, right-padded). Seq2seq models read the
+source in the encoder; decoder-only models read ``source + SEPARATOR`` left-padded as a prefix and
+are scored on the continuation only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+SEPARATOR = "\n"  # ends a decoder-only prompt, so prompt and continuation are tokenised apart
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, S] source (seq2seq: right-padded; decoder: left-padded prompt)
+    attention_mask: torch.Tensor  # [B, S]
+    target_ids: torch.Tensor  # [B, T] right-padded with pad id
+    target_mask: torch.Tensor  # [B, T] float, 1 on real tokens up to and including EOS
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_ids,
+                                              self.target_mask)))
+
+    def with_targets(self, target_ids: torch.Tensor, target_mask: torch.Tensor) -> "Batch":
+        return replace(self, target_ids=target_ids, target_mask=target_mask)
+
+
+def encode_sources(tokenizer, sources: list[str], arch: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if arch == "decoder":
+        texts = [s + SEPARATOR for s in sources]
+        side = "left"  # prompts end at the same position, so generation continues them all at once
+        enc = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:] for t in texts]
+    else:
+        side = "right"
+        enc = [tokenizer(s, add_special_tokens=False).input_ids[: max_length - 1] + [tokenizer.eos_token_id]
+               for s in sources]
+    return pad(enc, tokenizer.pad_token_id, side)
+
+
+def encode_targets(tokenizer, targets: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = [tokenizer(t, add_special_tokens=False).input_ids[: max_length - 1] + [tokenizer.eos_token_id]
+           for t in targets]
+    return pad(enc, tokenizer.pad_token_id, "right")
+
+
+def pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+        else:
+            ids[i, width - len(s):], mask[i, width - len(s):] = torch.tensor(s), 1
+    return ids, mask
+
+
+def make_batch(tokenizer, sources: list[str], targets: list[str] | None, arch: str,
+               max_source_length: int, max_target_length: int) -> Batch:
+    input_ids, attention_mask = encode_sources(tokenizer, sources, arch, max_source_length)
+    if targets is None:
+        target_ids = torch.full((len(sources), 1), tokenizer.pad_token_id, dtype=torch.long)
+        target_mask = torch.zeros_like(target_ids, dtype=torch.float)
+    else:
+        target_ids, tmask = encode_targets(tokenizer, targets, max_target_length)
+        target_mask = tmask.float()
+    return Batch(input_ids, attention_mask, target_ids, target_mask)
+
+
+def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:
+    """Logits [B, T, V] where position t scores ``batch.target_ids[:, t]`` (teacher forcing)."""
+    if arch == "seq2seq":
+        start = model.config.decoder_start_token_id
+        decoder_input_ids = torch.cat([torch.full_like(batch.target_ids[:, :1], start), batch.target_ids[:, :-1]], 1)
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     decoder_input_ids=decoder_input_ids).logits
+    prompt_len = batch.input_ids.shape[1]
+    ids = torch.cat([batch.input_ids, batch.target_ids], 1)
+    attn = torch.cat([batch.attention_mask, batch.target_mask.long()], 1)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
+    return logits[:, prompt_len - 1: prompt_len - 1 + batch.target_ids.shape[1]]
+
+
+def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target ids and mask for generated tokens: real up to and including the first EOS."""
+    is_eos = (tokens == eos_id).long()
+    before = is_eos.cumsum(1) - is_eos  # number of EOS strictly before t
+    mask = (before == 0).float()
+    return tokens.masked_fill(mask == 0, pad_id), mask
+
+
+@torch.no_grad()
+def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
+             num_beams: int = 1) -> Batch:
+    """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax)."""
+    was_training = model.training
+    model.eval()
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id, num_beams=num_beams)
+    if sample:
+        kwargs.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    else:
+        kwargs.update(do_sample=False)
+    out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
+    new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]
+    if new.shape[1] == 0:
+        new = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=out.dtype, device=out.device)
+    model.train(was_training)
+    target_ids, target_mask = mask_after_eos(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return batch.with_targets(target_ids, target_mask)
+
+
+def decode(tokenizer, batch: Batch) -> list[str]:
+    texts = []
+    for ids, mask in zip(batch.target_ids.tolist(), batch.target_mask.tolist()):
+        real = [t for t, m in zip(ids, mask) if m > 0]
+        texts.append(tokenizer.decode(real, skip_special_tokens=True).strip())
+    return texts

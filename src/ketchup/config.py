@@ -1,0 +1,138 @@
+"""Load and validate the pipeline configuration against workflow/schemas/config.schema.yaml.
+
+Validation happens when the Snakemake DAG is built, so a bad config stops the run before any job
+starts; errors name the offending key as a dotted path (``tasks.xsum.k``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+# Task name -> kind of task (decides the metric and the record schema).
+TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
+
+# Reference defaults (DESIGN.md section 2); the config overrides any of them.
+RL_DEFAULTS = {
+    "rollout": "sample",
+    "value": "max",
+    "clip": 50.0,
+    "denom": 1.0,
+    "token_weight": "prob",
+    "entropy_coef": 0.0,
+    "k_sweep": [],
+}
+OPTIM_DEFAULTS = {
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "epochs": 1,
+    "max_steps": None,
+    "batch_size": 16,
+    "grad_accum": 1,
+    "warmup_steps": 0,
+    "max_grad_norm": 1.0,
+    "eval_every": 100,
+    "dev_eval_examples": 100,
+    "checkpoint_every": 50,
+    "mixed_precision": "no",
+    "gradient_checkpointing": False,
+}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "batch_size": 32, "num_beams": 1}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key that caused it."""
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "<top level>"
+
+
+def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Raise ConfigError listing every schema violation with its key path."""
+    schema = yaml.safe_load(schema_path.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors:
+            where = _key_path(err)
+            if "propertyNames" in err.absolute_schema_path:
+                # jsonschema reports the parent (and validator enum/pattern); name the key itself.
+                key = f"{where}.{err.instance}" if err.absolute_path else str(err.instance)
+                lines.append(f"config key '{key}': unknown name {err.instance!r} ({err.message})")
+            elif err.validator == "additionalProperties":
+                known = err.schema.get("properties", {})
+                for extra in (k for k in err.instance if k not in known):
+                    key = f"{where}.{extra}" if err.absolute_path else str(extra)
+                    lines.append(f"config key '{key}': unknown key (known: {', '.join(known)})")
+            else:
+                lines.append(f"config key '{where}': {err.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    _check_semantics(config)
+
+
+def _check_semantics(config: dict[str, Any]) -> None:
+    """Cross-key rules a JSON schema cannot express simply."""
+    for name, task in config["tasks"].items():
+        if task["source"] == "local" and "path" not in task:
+            raise ConfigError(f"config key 'tasks.{name}.path': required when source is 'local'")
+    tok = config["tokenizer"]
+    if tok["kind"] == "pretrained" and "name_or_path" not in tok and "name_or_path" not in config["teacher"]["model"]:
+        raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
+    if tok["kind"] == "train" and "config" not in config["teacher"]["model"]:
+        raise ConfigError("config key 'tokenizer.kind': 'train' only works with models built from config")
+    needs_kl = {"llmr", "llmr-mean", "ketchup"} & set(config["methods"])
+    if needs_kl and "kl" not in config["methods"]:
+        raise ConfigError(f"config key 'methods': {sorted(needs_kl)} start from the 'kl' student; add 'kl'")
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply overrides, validate, return it."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if overrides:
+        config = deep_update(config, overrides)
+    validate(config)
+    return config
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
+    """Student optimiser settings for a method (defaults < train < method_overrides[method])."""
+    settings = {**OPTIM_DEFAULTS, **config.get("train", {})}
+    if method is not None:
+        settings.update(config.get("method_overrides", {}).get(method, {}))
+    return settings
+
+
+def teacher_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {**OPTIM_DEFAULTS, **config["teacher"].get("train", {})}
+
+
+def rl_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {**RL_DEFAULTS, **config.get("rl", {})}
+
+
+def generation_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {**GENERATION_DEFAULTS, **config.get("generation", {})}

@@ -1,0 +1,1 @@
+"""Task data: record schemas, synthetic generators, hub and local loaders."""

@@ -1,0 +1,96 @@
+"""Each distillation method as an Objective: which targets it trains on and which loss it applies.
+
+The training loop calls ``rollout`` (no gradient: decode student samples where the method needs
+them) and then ``loss``, which runs the student with gradient and the teacher without, and hands
+logits and masks to the pure functions of ``ketchup.objectives``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ketchup import objectives
+from ketchup.batching import Batch, generate, target_logits
+
+SUPERVISED = ("sft", "seqkd")
+DIVERGENCES = ("kl", "js", "tvd")
+RL = ("llmr", "llmr-mean", "ketchup")
+# Which targets each method trains on: ground truth, or the teacher's greedy outputs.
+TRAINS_ON = {"sft": "ground_truth", "seqkd": "teacher", "kl": "teacher", "js": "teacher", "tvd": "teacher",
+             "llmr": "teacher", "llmr-mean": "teacher", "ketchup": "teacher"}
+
+
+@dataclass
+class Objective:
+    method: str
+    arch: str
+    tokenizer: Any
+    teacher: torch.nn.Module | None = None
+    max_new_tokens: int = 64
+    rl: dict[str, Any] = field(default_factory=dict)
+    k: int = 1
+
+    def rollout(self, student, batch: Batch) -> dict[str, Batch]:
+        """The batches the loss is taken on, decoded without gradient where the method samples."""
+        if self.method in SUPERVISED or self.method == "kl":
+            return {"data": batch}
+        if self.method in ("js", "tvd"):
+            sampled = generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=True)
+            return {"data": batch, "student": sampled}
+        sample = self.rl["rollout"] == "sample"
+        return {"student": generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=sample)}
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
+        return target_logits(self.teacher, self.arch, batch).float()
+
+    def loss(self, student, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Per-token loss [B, T] and mask; the loop sums and divides by the real-token count."""
+        if self.method in SUPERVISED:
+            b = batches["data"]
+            return objectives.cross_entropy(target_logits(student, self.arch, b), b.target_ids, b.target_mask), \
+                b.target_mask, {}
+        if self.method == "kl":
+            b = batches["data"]
+            per_token = objectives.token_divergence(target_logits(student, self.arch, b), self._teacher_logits(b),
+                                                    "kl", b.target_mask)
+            return per_token, b.target_mask, {}
+        if self.method in DIVERGENCES:
+            return self._two_source_divergence(student, batches)
+        return self._policy_gradient(student, batches["student"])
+
+    def _two_source_divergence(self, student, batches):
+        """Average of the divergence over the teacher's outputs and the student's samples, 1/2 each.
+
+        Each source's per-token values are rescaled so that, after the loop divides by the total
+        token count, each source contributes half of the mean over its own tokens.
+        """
+        parts, masks, stats = [], [], {}
+        total = sum(float(b.target_mask.sum()) for b in batches.values())
+        for name, b in batches.items():
+            values = objectives.token_divergence(target_logits(student, self.arch, b), self._teacher_logits(b),
+                                                 self.method, b.target_mask)
+            n = float(b.target_mask.sum())
+            stats[f"{self.method}_{name}"] = float(values.sum()) / max(n, 1.0)
+            parts.append(values * (total / (2.0 * max(n, 1.0))))
+            masks.append(b.target_mask)
+        width = max(p.shape[1] for p in parts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        return torch.cat([pad(p) for p in parts]), torch.cat([pad(m) for m in masks]), stats
+
+    def _policy_gradient(self, student, b: Batch):
+        k = 1 if self.method in ("llmr", "llmr-mean") else self.k
+        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=self.rl["value"])
+        returns = objectives.kstep_returns(q, v, b.target_mask, k)
+        per_token, stats = objectives.policy_gradient_loss(
+            target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
+            token_weight=self.rl["token_weight"], denom=self.rl["denom"], clip=self.rl["clip"],
+            baseline="mean" if self.method == "llmr-mean" else "none", entropy_coef=self.rl["entropy_coef"])
+        n = float(b.target_mask.sum())
+        rewards = objectives.one_step_rewards(q, v, b.target_mask)
+        stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
+                     rollout_length=float(b.target_mask.sum(1).mean()))
+        return per_token, b.target_mask, stats

@@ -1,0 +1,352 @@
+"""Distillation objectives as pure functions of logits, tokens and masks (DESIGN.md section 2).
+
+Everything here is torch only: no models, no tokenizers, no I/O. Shapes follow one convention:
+
+- logits ``[B, T, V]`` (batch, time, vocabulary), any floating dtype;
+- tokens ``[B, T]`` integer ids;
+- mask ``[B, T]``, 0/1 as bool, int or float; 1 marks a real target token. Positions where the mask
+  is 0 are never read: their logits, tokens (e.g. ``-100`` or the pad id) and returns may hold
+  anything, NaN included, and every per-token output is exactly 0 there (with zero gradient).
+
+Numerics: inputs are cast to float32 (``.float()``), log-probabilities come from ``log_softmax``
+and mixtures from ``logaddexp`` (a two-term log-sum-exp). Log-probabilities are floored at
+``LOG_FLOOR`` (-1e30) so that ``-inf`` logits (masked vocabulary entries) give finite values and
+finite gradients instead of ``0 * inf = NaN``; the floor never touches a probability that is
+representable in float32 (those have log-probability above -104).
+
+Per-token outputs are *not* averaged: the caller sums them and divides by the number of real target
+tokens of the whole optimisation step, so that normalisation across gradient accumulation happens
+outside these functions (DESIGN.md section 2: "normalise by the number of real target tokens").
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+__all__ = [
+    "DIVERGENCES",
+    "LOG_FLOOR",
+    "token_divergence",
+    "induced_values",
+    "one_step_rewards",
+    "kstep_returns",
+    "policy_gradient_loss",
+    "cross_entropy",
+]
+
+DIVERGENCES = ("kl", "js", "tvd")
+LOG_FLOOR = -1e30
+_TOKEN_WEIGHTS = ("prob", "one")
+_BASELINES = ("none", "mean")
+_VALUES = ("max", "expectation")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: masks, selection of real positions, log-probabilities
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_bool_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(shape)}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Number of real tokens n per row of a right-padded mask (1s then 0s); ValueError otherwise."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [batch, time], got shape {tuple(mask.shape)}")
+    m = _as_bool_mask(mask, mask.shape)
+    n = m.sum(dim=1)
+    positions = torch.arange(m.shape[1], device=m.device)
+    if not torch.equal(m, positions[None, :] < n[:, None]):
+        raise ValueError("mask must be right-padded: in every row, 1s (real tokens, EOS last) then 0s")
+    return n
+
+
+def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place per-real-token ``values`` [N] back into a [B, T] float32 tensor, 0 elsewhere (keeps grad)."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=values.device)
+    return out.index_put((mask,), values.float())
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax over the last dimension in float32, floored at LOG_FLOOR (finite for -inf logits)."""
+    return torch.log_softmax(logits.float(), dim=-1).clamp(min=LOG_FLOOR)
+
+
+def _gather_tokens(values: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """values[i, tokens[i]] for per-vocabulary values [N, V] and ids [N]; ValueError on bad ids."""
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= values.shape[-1]):
+        raise ValueError(
+            f"token ids at real (mask=1) positions must lie in [0, {values.shape[-1]}); "
+            f"got range [{int(tokens.min())}, {int(tokens.max())}]"
+        )
+    return values.gather(-1, tokens.long()[:, None]).squeeze(-1)
+
+
+def _check_logits(name: str, logits: torch.Tensor) -> None:
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must be [batch, time, vocab], got shape {tuple(logits.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# token-level divergences (kl / js / tvd baselines)
+# ---------------------------------------------------------------------------------------------
+
+
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Per-token divergence between teacher p = softmax(teacher_logits) and student q = softmax(student_logits).
+
+    Returns a float32 tensor [B, T], 0 where ``mask`` is 0. With log p, log q from ``log_softmax``:
+
+    - ``"kl"``:  KL(p || q) = sum_v p_v (log p_v - log q_v)
+    - ``"js"``:  JS(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m),  m = (p + q) / 2 (probabilities are
+      mixed, not log-probabilities), log m = logsumexp(log p, log q) - log 2; 0 <= JS <= ln 2
+    - ``"tvd"``: TV(p, q) = 1/2 sum_v |p_v - q_v|; 0 <= TV <= 1
+
+    Vocabulary sizes may differ (padded vocabularies, e.g. 32100 vs 32128 rows in the output layer):
+    both distributions are then taken over the first min(V_s, V_t) entries of each (softmax over that
+    slice), i.e. the extra padded entries of the larger vocabulary are dropped.
+
+    Gradient: nothing is detached here. The caller passes teacher logits computed under
+    ``torch.no_grad()`` (or ``.detach()``-ed), so that the gradient flows into the student only.
+
+    ``-inf`` logits are allowed (masked vocabulary entries) and give finite values: log-probabilities
+    are floored at ``LOG_FLOOR``. The one case whose true value is infinite, KL with teacher mass on
+    an entry where the student's logit is ``-inf``, therefore gives a huge finite number (~1e30 * p).
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence kind {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    if student_logits.shape[:2] != teacher_logits.shape[:2]:
+        raise ValueError(
+            f"student and teacher logits disagree on [batch, time]: "
+            f"{tuple(student_logits.shape[:2])} vs {tuple(teacher_logits.shape[:2])}"
+        )
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    log_q = _log_probs(student_logits[m][:, :vocab])  # [N, V], real positions only
+    log_p = _log_probs(teacher_logits[m][:, :vocab])
+    p, q = log_p.exp(), log_q.exp()
+    if kind == "kl":
+        values = (p * (log_p - log_q)).sum(-1)
+    elif kind == "js":
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+        values = 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
+    else:  # "tvd"
+        values = 0.5 * (p - q).abs().sum(-1)
+    return _scatter(values, m)
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher logits as Q-values, induced rewards, K-step returns (LLMR / KETCHUP)
+# ---------------------------------------------------------------------------------------------
+
+
+def induced_values(
+    teacher_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    value: str = "max",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher logits read as Q-values (Hao et al. 2022): returns (q, v), each float32 [B, T], detached.
+
+    - Q_t(a) = z_t(a) - mean_a' z_t(a')           (logits centred over the vocabulary)
+    - q_t    = Q_t(tokens_t)
+    - v_t    = max_a Q_t(a)                        (``value="max"``, default)
+      v_t    = sum_a softmax(Q_t)_a Q_t(a)          (``value="expectation"``)
+
+    Both are 0 where ``mask`` is 0; tokens there are never read (pad id or -100 are fine).
+    Computed under ``torch.no_grad()``: rewards carry no gradient.
+
+    ``-inf`` teacher logits (masked vocabulary entries) are treated as absent: they are left out of
+    the centring mean, the max and the expectation; a token whose teacher logit is ``-inf`` gets
+    q_t = min over the finite entries of Q_t (instead of -inf) so that returns stay finite.
+    """
+    if value not in _VALUES:
+        raise ValueError(f"unknown value {value!r}; allowed: {', '.join(_VALUES)}")
+    _check_logits("teacher_logits", teacher_logits)
+    m = _as_bool_mask(mask, teacher_logits.shape[:2])
+    if tuple(tokens.shape) != tuple(m.shape):
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(m.shape)}")
+    with torch.no_grad():
+        z = teacher_logits[m].detach().float()  # [N, V]
+        finite = torch.isfinite(z)
+        centre = torch.where(finite, z, 0.0).sum(-1) / finite.sum(-1).clamp(min=1)
+        big_q = z - centre[:, None]
+        q_min = torch.where(finite, big_q, math.inf).amin(-1)
+        q = torch.maximum(_gather_tokens(big_q, tokens[m]), q_min)
+        if value == "max":
+            v = big_q.amax(-1)
+        else:
+            v = (torch.softmax(big_q, -1) * torch.where(finite, big_q, 0.0)).sum(-1)
+        return _scatter(q, m), _scatter(v, m)
+
+
+def _kstep_rewards(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, k: int):
+    """K-step rewards R_t = q_t - V_{min(t+K, n-1)} (t < n-1), R_{n-1} = q_{n-1}, 0 on padding.
+
+    Returns (R [B, T], is_last [B, T] bool marking t = n-1, n [B]).
+    """
+    n = _lengths(mask)
+    if q.shape != mask.shape or v.shape != mask.shape:
+        raise ValueError(
+            f"q, v and mask must share one [batch, time] shape: "
+            f"{tuple(q.shape)}, {tuple(v.shape)}, {tuple(mask.shape)}"
+        )
+    q, v = q.detach().float(), v.detach().float()
+    real = _as_bool_mask(mask, mask.shape)
+    positions = torch.arange(q.shape[1], device=q.device)[None, :]  # [1, T]
+    last = (n - 1).clamp(min=0)[:, None]  # [B, 1]
+    target = torch.minimum(positions + k, last)  # min(t+K, n-1), [B, T]
+    is_last = positions == (n - 1)[:, None]
+    rewards = torch.where(is_last, q, q - v.gather(1, target))
+    return torch.where(real, rewards, 0.0), is_last, n
+
+
+def one_step_rewards(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One-step induced rewards (LLMR), float32 [B, T].
+
+    r_t = q_t - V_{t+1} for t < n-1,  r_{n-1} = q_{n-1},  0 on padding,
+
+    where n is the number of real tokens of the row (``mask`` right-padded, its last real token EOS).
+    This is the K = 1 case of the K-step reward of :func:`kstep_returns`.
+    """
+    return _kstep_rewards(q, v, mask, 1)[0]
+
+
+def kstep_returns(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """KETCHUP's K-step returns, float32 [B, T], 0 on padding. Per row with n real tokens:
+
+        R_t     = q_t - V_{min(t+K, n-1)}             for t < n-1
+        G_{n-1} = q_{n-1}
+        G_t     = R_t + G_{min(t+K, n-1)}             for t < n-1
+
+    Unrolled: G_t = sum_{i >= 0, t+iK < n-1} R_{t+iK} + q_{n-1}; e.g. n = 8, K = 2:
+    G_0 = q0 + q2 + q4 + q6 + q7 - V2 - V4 - V6 - V7. K = 1 is the reward-to-go of
+    :func:`one_step_rewards` (LLMR); K >= n-1 gives G_t = q_t - V_{n-1} + q_{n-1}.
+
+    q and v are read as data (detached, cast to float32); the mask must be right-padded
+    (ValueError otherwise, e.g. for a left-padded mask).
+
+    Vectorised over the batch and time: the unrolled sum is a reverse cumulative sum with stride K
+    (time reshaped to [T/K, K]), so there is no Python loop over rows or positions. ``k`` must be
+    an int >= 1 (ValueError otherwise).
+    """
+    if isinstance(k, bool):
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be an int >= 1, got {k!r}") from None
+    if k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k}")
+    rewards, is_last, n = _kstep_rewards(q, v, mask, k)
+    batch, time = rewards.shape
+    body = torch.where(is_last, 0.0, rewards)  # R_t for t < n-1, 0 elsewhere
+    stride = min(k, max(time, 1))  # any K >= T gives the same returns; keeps the padding small
+    padded_time = -(-time // stride) * stride
+    body = torch.nn.functional.pad(body, (0, padded_time - time)).view(batch, padded_time // stride, stride)
+    strided_suffix = body.flip(1).cumsum(1).flip(1).reshape(batch, padded_time)[:, :time]
+    final = (rewards * is_last).sum(1, keepdim=True)  # q_{n-1} (0 for an empty row)
+    real = _as_bool_mask(mask, mask.shape)
+    return torch.where(real, strided_suffix + final, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses on student logits
+# ---------------------------------------------------------------------------------------------
+
+
+def policy_gradient_loss(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    token_weight: str = "prob",
+    denom: float = 1.0,
+    clip: float | None = 50.0,
+    baseline: str = "none",
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """REINFORCE surrogate on student outputs; returns (per_token_loss float32 [B, T], stats).
+
+        logp_t = log pi_theta(y_t | s_t) = log_softmax(student_logits_t)[tokens_t]
+        w_t    = stopgrad(exp(logp_t))   (``token_weight="prob"``, the reference)  or  1  (``"one"``)
+        A_t    = clip(w_t * G_t / denom, -clip, clip)
+        A_t   -= mean of A over the real tokens of the batch      (``baseline="mean"``; after clipping)
+        loss_t = -logp_t * stopgrad(A_t) - entropy_coef * H_t,    H_t = -sum_a pi(a|s_t) log pi(a|s_t)
+
+    ``returns`` are G_t (e.g. from :func:`kstep_returns`); no gradient flows into them or into A.
+    The entropy bonus keeps its gradient. per_token_loss is 0 on padding. The caller sums it and
+    divides by the number of real tokens (across gradient accumulation, outside this function):
+    ``loss = -(1/#tokens) sum_t logp_t A_t``. ``clip=None`` disables clipping.
+
+    stats (python floats, over real tokens): mean_return, mean_advantage, advantage_std (population
+    std), mean_entropy; all 0.0 when there is no real token.
+    """
+    if token_weight not in _TOKEN_WEIGHTS:
+        raise ValueError(f"unknown token_weight {token_weight!r}; allowed: {', '.join(_TOKEN_WEIGHTS)}")
+    if baseline not in _BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(_BASELINES)}")
+    if not denom > 0:
+        raise ValueError(f"denom must be > 0, got {denom}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    _check_logits("student_logits", student_logits)
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    for name, t in (("tokens", tokens), ("returns", returns)):
+        if tuple(t.shape) != tuple(m.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(m.shape)}")
+
+    logp_all = _log_probs(student_logits[m])  # [N, V]
+    logp = _gather_tokens(logp_all, tokens[m])  # [N]
+    with torch.no_grad():
+        g = returns[m].detach().float()
+        w = logp.exp() if token_weight == "prob" else torch.ones_like(logp)
+        adv = w * g / denom
+        if clip is not None:
+            adv = adv.clamp(-clip, clip)
+        if baseline == "mean" and adv.numel():
+            adv = adv - adv.mean()
+    entropy_grad = entropy_coef != 0.0
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    values = -logp * adv
+    if entropy_grad:
+        values = values - entropy_coef * entropy
+
+    count = adv.numel()
+    stats = {
+        "mean_return": float(g.mean()) if count else 0.0,
+        "mean_advantage": float(adv.mean()) if count else 0.0,
+        "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
+        "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
+    }
+    return _scatter(values, m), stats
+
+
+def cross_entropy(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood (sft, seqkd), float32 [B, T], 0 on padding:
+
+        nll_t = -log softmax(student_logits_t)[tokens_t]
+
+    Tokens at padded positions are never read (pad id or -100 are fine). The caller sums and divides
+    by the number of real tokens.
+    """
+    _check_logits("student_logits", student_logits)
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    if tuple(tokens.shape) != tuple(m.shape):
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(m.shape)}")
+    return _scatter(-_gather_tokens(_log_probs(student_logits[m]), tokens[m]), m)

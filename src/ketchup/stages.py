@@ -1,0 +1,151 @@
+"""Pipeline stages: what each Snakemake rule runs, as plain functions of a spec and paths.
+
+A spec is the slice of the validated config a stage needs (the Snakefile passes it as JSON), so
+the same stage runs by hand: ``python -m ketchup <stage> --spec '{...}' ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ketchup import metrics
+from ketchup.config import TASK_KINDS
+from ketchup.data import sources
+from ketchup.io import read_jsonl, write_json, write_jsonl
+
+def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
+    sources.build(task, spec, seed, out_dir)
+
+
+def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str) -> None:
+    from ketchup.tokenizer import build
+
+    build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt), vocab_size, out_dir)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _half() -> torch.dtype | None:
+    """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,
+                   desc: str = "generate") -> list[str]:
+    """Greedy (or beam) outputs for ``sources_``, batched by length, in the original order."""
+    from ketchup.batching import decode, generate, make_batch
+
+    order = sorted(range(len(sources_)), key=lambda i: len(sources_[i]))
+    outputs: list[str] = [""] * len(sources_)
+    device = next(model.parameters()).device
+    bs = gen["batch_size"]
+    for start in tqdm(range(0, len(order), bs), desc=desc, file=sys.stderr, mininterval=2.0):
+        idx = order[start: start + bs]
+        batch = make_batch(tok, [sources_[i] for i in idx], None, arch, max_source_length, 1).to(device)
+        out = generate(model, arch, batch, tok, gen["max_new_tokens"], sample=False, num_beams=gen["num_beams"])
+        for i, text in zip(idx, decode(tok, out)):
+            outputs[i] = text
+    return outputs
+
+
+def dev_evaluator(task: str, tok, arch: str, dev: list[dict[str, str]], gen: dict[str, Any],
+                  max_source_length: int, n: int):
+    """A function model -> primary dev metric on the first ``n`` dev examples (greedy decoding)."""
+    subset = dev[:n]
+    kind = TASK_KINDS[task]
+
+    def evaluate(model) -> float:
+        preds = generate_texts(model, tok, arch, [ex["source"] for ex in subset], gen, max_source_length, "dev")
+        return metrics.compute(kind, preds, [ex["target"] for ex in subset])[metrics.PRIMARY[kind]]
+
+    return evaluate
+
+
+def _build_or_load(spec: dict[str, Any], model_spec: dict[str, Any], tok, where: str):
+    from ketchup.models import build_model
+
+    return build_model(spec["arch"], model_spec, tok, seed=spec["seed"], where=where)
+
+
+def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
+    """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
+    from ketchup.methods import Objective
+    from ketchup.models import load_tokenizer
+    from ketchup.training import TrainData, train
+
+    task, arch = spec["task"], spec["arch"]
+    tok = load_tokenizer(tokenizer_dir)
+    train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
+    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
+    model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(_device())
+    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
+                             spec["train"]["dev_eval_examples"])
+    train(model, tok, Objective("sft", arch, tok), TrainData([e["source"] for e in train_ex],
+                                                             [e["target"] for e in train_ex]),
+          spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate, ckpt_dir=ckpt_dir, out_dir=out_dir,
+          max_source_length=spec["max_source_length"], max_target_length=spec["max_target_length"],
+          run_info={"name": f"teacher/{task}", "task": task, "role": "teacher"})
+
+
+def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
+            max_source_length: int, out_path: str, teacher: bool = False) -> None:
+    """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line."""
+    from ketchup.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    model = load_model(arch, model_dir, dtype=_half() if teacher else None).to(_device())
+    examples = sources.examples(task, data_path, prompt)
+    preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
+                           f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
+    write_jsonl(out_path, ({"id": e["id"], "source": e["source"], "reference": e["target"], "prediction": p}
+                           for e, p in zip(examples, preds)))
+
+
+def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
+            ckpt_dir: str, out_dir: str) -> None:
+    """Train one student (task, size, method, seed) with its method's objective."""
+    from ketchup.methods import TRAINS_ON, Objective
+    from ketchup.models import load_model, load_tokenizer
+    from ketchup.training import TrainData, train
+
+    task, arch, method = spec["task"], spec["arch"], spec["method"]
+    tok = load_tokenizer(teacher_dir)
+    if init_dir:  # RL students start from the KL student of the same task, size and seed
+        model = load_model(arch, init_dir).to(_device())
+    else:
+        model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(_device())
+    if method == "prompted":  # the student as it is, without distillation: saved untrained
+        from ketchup.io import atomic_path
+
+        with atomic_path(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_json(tmp / "train_summary.json", {"steps": 0, "method": method})
+        return
+    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
+    if TRAINS_ON[method] == "ground_truth":
+        train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
+        data_ = TrainData([e["source"] for e in train_ex], [e["target"] for e in train_ex])
+    else:
+        rows = read_jsonl(Path(teacher_outputs_dir) / "train.jsonl")
+        data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
+    needs_teacher = method not in ("sft", "seqkd")
+    teacher_model = load_model(arch, teacher_dir, dtype=_half()) if needs_teacher else None
+    objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
+                          rl=spec.get("rl", {}), k=spec.get("k", 1))
+    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
+                             spec["train"]["dev_eval_examples"])
+    train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,
+          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"],
+          max_target_length=spec["max_target_length"],
+          run_info={"name": f"{task}/{spec['student']}/{method}", "task": task, "student": spec["student"],
+                    "method": method, "k": spec.get("k")})

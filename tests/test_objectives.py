@@ -1,0 +1,559 @@
+"""Tests for ketchup.objectives: every value checked against an independent formulation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ketchup.objectives import (
+    cross_entropy,
+    induced_values,
+    kstep_returns,
+    one_step_rewards,
+    policy_gradient_loss,
+    token_divergence,
+)
+
+KINDS = ("kl", "js", "tvd")
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _right_padded_mask(lengths, time):
+    return torch.arange(time)[None, :] < torch.tensor(lengths)[:, None]
+
+
+# ------------------------------------------------------------------------------------------------
+# divergences
+# ------------------------------------------------------------------------------------------------
+
+
+def _reference_divergence(student, teacher, kind):
+    """Float64 reference from explicit probabilities and direct sums, one position at a time."""
+    vocab = min(student.shape[-1], teacher.shape[-1])
+    log_q = torch.log_softmax(student[..., :vocab].double(), -1)
+    log_p = torch.log_softmax(teacher[..., :vocab].double(), -1)
+    p, q = log_p.exp(), log_q.exp()
+    if kind == "kl":
+        terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+        return terms.sum(-1)
+    if kind == "js":
+        mix = (p + q) / 2  # mixture of probabilities
+        with torch.no_grad():
+            log_mix = torch.log(mix)
+        kl_pm = torch.where(p > 0, p * (log_p - log_mix), torch.zeros_like(p)).sum(-1)
+        kl_qm = torch.where(q > 0, q * (log_q - log_mix), torch.zeros_like(q)).sum(-1)
+        return 0.5 * kl_pm + 0.5 * kl_qm
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def _naive_divergence(student, teacher, kind):
+    """Float64, textbook formulas on softmax probabilities (moderate logits only)."""
+    p = torch.softmax(teacher.double(), -1)
+    q = torch.softmax(student.double(), -1)
+    if kind == "kl":
+        return (p * torch.log(p / q)).sum(-1)
+    if kind == "js":
+        m = 0.5 * (p + q)
+        return 0.5 * (p * torch.log(p / m)).sum(-1) + 0.5 * (q * torch.log(q / m)).sum(-1)
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_random_logits_with_padding(kind):
+    g = _gen(1)
+    student = torch.randn(3, 5, 11, generator=g) * 2
+    teacher = torch.randn(3, 5, 11, generator=g) * 2
+    mask = _right_padded_mask([5, 3, 1], 5)
+    out = token_divergence(student, teacher, kind, mask)
+    assert out.shape == (3, 5) and out.dtype == torch.float32
+    expected = _naive_divergence(student, teacher, kind) * mask
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(out[~mask] == 0)
+    assert torch.all(out[mask] > 0)
+
+
+def test_kl_matches_torch_kl_div():
+    g = _gen(2)
+    student = torch.randn(2, 4, 9, generator=g) * 3
+    teacher = torch.randn(2, 4, 9, generator=g) * 3
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    ref = F.kl_div(
+        torch.log_softmax(student.double(), -1), torch.log_softmax(teacher.double(), -1),
+        reduction="none", log_target=True,
+    ).sum(-1)
+    torch.testing.assert_close(token_divergence(student, teacher, "kl", mask).double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e4])
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_extreme_logits(kind, scale):
+    g = _gen(3)
+    student = torch.randn(2, 4, 7, generator=g) * scale
+    teacher = torch.randn(2, 4, 7, generator=g) * scale
+    student[..., 6] = -math.inf  # masked vocabulary entry, in both
+    teacher[..., 6] = -math.inf
+    teacher[0, 0, 2] = -math.inf  # teacher-only -inf: p = 0 there, still finite
+    student[0, 1, :3] = torch.tensor([scale, -scale, 0.0])  # +-scale in one row
+    teacher[0, 1, :3] = torch.tensor([-scale, scale, 0.0])
+    teacher[1, 2] = student[1, 2]  # p == q at one position
+    # near-ties on top of a huge offset: p and q overlap, so JS and TVD are not saturated
+    student[1, 0, :6] = scale + torch.tensor([0.0, -1.0, 0.5, -2.0, -2 * scale, -3 * scale])
+    teacher[1, 0, :6] = scale + torch.tensor([0.3, 0.0, -1.0, 1.0, -2 * scale, -4 * scale])
+    mask = _right_padded_mask([4, 3], 4)
+    student.requires_grad_(True)
+    out = token_divergence(student, teacher, kind, mask)
+    assert torch.isfinite(out).all()
+    expected = _reference_divergence(student.detach(), teacher, kind) * mask
+    # float32 log_softmax of logits of size `scale` is exact to about scale * 2**-23
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=scale * 1e-6)
+    assert out[1, 2].item() == pytest.approx(0.0, abs=1e-6)
+    assert 0.01 < expected[1, 0].item() < {"kl": 5.0, "js": 0.6, "tvd": 0.9}[kind]
+    out.sum().backward()
+    assert torch.isfinite(student.grad).all()
+    assert torch.all(student.grad[~mask] == 0)
+
+
+def test_divergence_student_minus_inf_where_teacher_has_mass():
+    # true KL is +inf here; JS and TVD are finite and must still be exact
+    student = torch.tensor([[[0.0, -math.inf, 0.0]]])
+    teacher = torch.tensor([[[0.0, 0.0, 0.0]]])
+    mask = torch.ones(1, 1)
+    kl = token_divergence(student, teacher, "kl", mask)
+    assert torch.isfinite(kl).all() and kl.item() > 1e20
+    for kind in ("js", "tvd"):
+        out = token_divergence(student, teacher, kind, mask)
+        torch.testing.assert_close(out.double(), _reference_divergence(student, teacher, kind), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_bounds_and_identity(kind):
+    g = _gen(4)
+    student = torch.randn(4, 6, 5, generator=g) * torch.tensor([0.1, 1.0, 10.0, 100.0])[:, None, None]
+    teacher = torch.randn(4, 6, 5, generator=g) * 5
+    teacher[:, 0] = student[:, 0]  # p == q
+    teacher[:, 1] = student[:, 1] + 7.0  # p == q (shift invariance)
+    mask = torch.ones(4, 6)
+    out = token_divergence(student, teacher, kind, mask)
+    assert torch.all(out >= -1e-6)
+    assert torch.all(out[:, :2].abs() < 1e-5)
+    if kind == "js":
+        assert torch.all(out <= math.log(2) + 1e-6)
+        # disjoint supports reach the bound ln 2
+        far = token_divergence(torch.tensor([[[50.0, -50.0]]]), torch.tensor([[[-50.0, 50.0]]]), "js", torch.ones(1, 1))
+        assert far.item() == pytest.approx(math.log(2), abs=1e-5)
+    if kind == "tvd":
+        assert torch.all(out <= 1 + 1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_masked_positions_are_zero_and_never_read(kind):
+    g = _gen(5)
+    student = torch.randn(2, 3, 4, generator=g)
+    teacher = torch.randn(2, 3, 4, generator=g)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    student[mask == 0] = math.nan  # garbage at padding must not leak
+    teacher[mask == 0] = math.inf
+    student.requires_grad_(True)
+    out = token_divergence(student, teacher, kind, mask)
+    assert torch.all(out[mask == 0] == 0)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.all(student.grad[mask == 0] == 0)
+    assert torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_divergence_unequal_vocab_sizes(kind):
+    g = _gen(6)
+    student = torch.randn(2, 3, 8, generator=g)
+    teacher = torch.randn(2, 3, 6, generator=g)
+    mask = torch.ones(2, 3)
+    expected = _naive_divergence(student[..., :6], teacher, kind)
+    torch.testing.assert_close(token_divergence(student, teacher, kind, mask).double(), expected, rtol=1e-5, atol=1e-6)
+    expected = _naive_divergence(teacher, student[..., :6], kind)
+    torch.testing.assert_close(token_divergence(teacher, student, kind, mask).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_hand_computed():
+    # two-entry case: teacher p = (1/2, 1/2), student q = (1/4, 3/4)
+    #   KL(p||q) = 1/2 ln(0.5/0.25) + 1/2 ln(0.5/0.75) = 1/2 ln(4/3) = 0.143841036
+    #   m = (3/8, 5/8); KL(p||m) = 1/2 ln(4/3) + 1/2 ln(4/5) = 1/2 ln(16/15) = 0.032269261
+    #                   KL(q||m) = 1/4 ln(2/3) + 3/4 ln(6/5)              = 0.035374891
+    #   JS = (0.032269261 + 0.035374891) / 2 = 0.033822076
+    #   TVD = 1/2 (1/4 + 1/4) = 0.25
+    # three-entry case, logits shifted (softmax is shift invariant):
+    #   teacher logits (ln 2, 0, 0) + 5 -> p = (1/2, 1/4, 1/4)
+    #   student logits (0, 0, ln 2) - 3 -> q = (1/4, 1/4, 1/2)
+    #   KL = 1/2 ln 2 + 0 + 1/4 ln(1/2) = 1/4 ln 2 = 0.173286795
+    #   m = (3/8, 1/4, 3/8); by symmetry JS = KL(p||m) = 1/2 ln(4/3) + 1/4 ln(2/3) = 0.042474759
+    #   TVD = 1/2 (1/4 + 0 + 1/4) = 0.25
+    ln2 = math.log(2.0)
+    student = torch.tensor([[[math.log(0.25), math.log(0.75), -math.inf], [-3.0, -3.0, ln2 - 3.0]]])
+    teacher = torch.tensor([[[0.0, 0.0, -math.inf], [ln2 + 5.0, 5.0, 5.0]]])
+    mask = torch.ones(1, 2)
+    expected = {
+        "kl": [0.143841036, 0.173286795],
+        "js": [0.033822076, 0.042474759],
+        "tvd": [0.25, 0.25],
+    }
+    for kind, values in expected.items():
+        out = token_divergence(student, teacher, kind, mask)
+        torch.testing.assert_close(out, torch.tensor([values]), rtol=0, atol=2e-7)
+
+
+def test_divergence_gradient_reaches_student_only_through_student():
+    student = torch.randn(1, 2, 4, generator=_gen(7), requires_grad=True)
+    teacher = torch.randn(1, 2, 4, generator=_gen(8))
+    token_divergence(student, teacher, "kl", torch.ones(1, 2)).sum().backward()
+    # d KL(p||q) / d student_logits = q - p
+    expected = torch.softmax(student.detach(), -1) - torch.softmax(teacher, -1)
+    torch.testing.assert_close(student.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_low_precision_input_is_computed_in_float32():
+    g = _gen(9)
+    student = (torch.randn(2, 3, 6, generator=g) * 4).bfloat16()
+    teacher = (torch.randn(2, 3, 6, generator=g) * 4).bfloat16()
+    mask = torch.ones(2, 3)
+    for kind in KINDS:
+        out = token_divergence(student, teacher, kind, mask)
+        assert out.dtype == torch.float32
+        expected = _naive_divergence(student.float(), teacher.float(), kind)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_unknown_kind_names_allowed():
+    x = torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match="kl, js, tvd"):
+        token_divergence(x, x, "reverse_kl", torch.ones(1, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# induced values
+# ------------------------------------------------------------------------------------------------
+
+
+def test_induced_values_hand_example():
+    # logits (1, 2, 6): mean 3, Q = (-2, -1, 3); V(max) = 3
+    # V(expectation) = sum softmax(1,2,6) * (-2,-1,3)
+    #   = (-2 e + -1 e^2 + 3 e^6) / (e + e^2 + e^6) = 2.895661757
+    # logits (0, 4, 8): mean 4, Q = (-4, 0, 4)
+    teacher = torch.tensor([[[1.0, 2.0, 6.0], [0.0, 4.0, 8.0], [9.0, 9.0, 9.0]]], requires_grad=True)
+    tokens = torch.tensor([[0, 1, -100]])  # -100 at padding must not be read
+    mask = torch.tensor([[1, 1, 0]])
+    q, v = induced_values(teacher, tokens, mask)
+    torch.testing.assert_close(q, torch.tensor([[-2.0, 0.0, 0.0]]))
+    torch.testing.assert_close(v, torch.tensor([[3.0, 4.0, 0.0]]))
+    assert not q.requires_grad and not v.requires_grad
+    assert q.dtype == v.dtype == torch.float32
+    e1 = math.exp(-4) * -4 + 0 + math.exp(4) * 4
+    e1 /= math.exp(-4) + 1 + math.exp(4)
+    q2, v2 = induced_values(teacher, tokens, mask, value="expectation")
+    torch.testing.assert_close(q2, q)
+    torch.testing.assert_close(v2, torch.tensor([[2.895661757, e1, 0.0]]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="max, expectation"):
+        induced_values(teacher, tokens, mask, value="mean")
+
+
+def test_induced_values_masked_vocab_entries():
+    # a -inf entry is absent: same Q as logits (1, 2, 6) alone; its token gets min Q = -2
+    teacher = torch.tensor([[[1.0, 2.0, 6.0, -math.inf]] * 2])
+    tokens = torch.tensor([[3, 2]])
+    mask = torch.ones(1, 2)
+    for value, v_expected in (("max", 3.0), ("expectation", 2.895661757)):
+        q, v = induced_values(teacher, tokens, mask, value=value)
+        torch.testing.assert_close(q, torch.tensor([[-2.0, 3.0]]))
+        torch.testing.assert_close(v, torch.tensor([[v_expected] * 2]), rtol=0, atol=1e-6)
+
+
+def test_induced_values_random_against_direct_formula():
+    g = _gen(10)
+    teacher = torch.randn(3, 4, 9, generator=g) * 1e3
+    tokens = torch.randint(0, 9, (3, 4), generator=g)
+    mask = _right_padded_mask([4, 2, 0], 4)
+    q, v = induced_values(teacher, tokens, mask)
+    big_q = teacher.double() - teacher.double().mean(-1, keepdim=True)
+    q_ref = big_q.gather(-1, tokens[..., None]).squeeze(-1) * mask
+    v_ref = big_q.amax(-1) * mask
+    torch.testing.assert_close(q.double(), q_ref, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(v.double(), v_ref, rtol=1e-5, atol=1e-3)
+    _, v_exp = induced_values(teacher, tokens, mask, value="expectation")
+    v_exp_ref = (torch.softmax(big_q, -1) * big_q).sum(-1) * mask
+    torch.testing.assert_close(v_exp.double(), v_exp_ref, rtol=1e-5, atol=1e-3)
+    assert torch.all(v >= v_exp - 1e-3)  # max >= expectation
+
+
+# ------------------------------------------------------------------------------------------------
+# rewards and K-step returns
+# ------------------------------------------------------------------------------------------------
+
+
+def _literal_returns(q, v, n, k):
+    """DESIGN.md section 2, literally, for one unpadded row of length n (Python floats)."""
+    g = [0.0] * n
+    if n == 0:
+        return g
+    g[n - 1] = q[n - 1]
+    for t in range(n - 2, -1, -1):
+        j = min(t + k, n - 1)
+        g[t] = (q[t] - v[j]) + g[j]
+    return g
+
+
+def test_one_step_rewards_hand():
+    # n = 3: r = (q0 - V1, q1 - V2, q2) = (1 - 20, 2 - 30, 3)
+    q = torch.tensor([[1.0, 2.0, 3.0, 99.0], [5.0, 7.0, 99.0, 99.0]])
+    v = torch.tensor([[10.0, 20.0, 30.0, 99.0], [50.0, 70.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    expected = torch.tensor([[-19.0, -28.0, 3.0, 0.0], [5.0 - 70.0, 7.0, 0.0, 0.0]])
+    torch.testing.assert_close(one_step_rewards(q, v, mask), expected)
+
+
+def test_kstep_worked_example_n8_k2():
+    # q_i = 2^i, V_i = 2^(i+8): every partial sum is an exact float32 integer with a unique pattern
+    q = torch.tensor([[2.0**i for i in range(8)]])
+    v = torch.tensor([[2.0 ** (i + 8) for i in range(8)]])
+    Q = [2**i for i in range(8)]
+    V = [2 ** (i + 8) for i in range(8)]
+    g = kstep_returns(q, v, torch.ones(1, 8), 2)[0].tolist()
+    assert g[0] == Q[0] + Q[2] + Q[4] + Q[6] + Q[7] - V[2] - V[4] - V[6] - V[7]
+    assert g[1] == Q[1] + Q[3] + Q[5] + Q[7] - V[3] - V[5] - V[7]
+    assert g[2] == Q[2] + Q[4] + Q[6] + Q[7] - V[4] - V[6] - V[7]
+    assert g[3] == Q[3] + Q[5] + Q[7] - V[5] - V[7]
+    assert g[4] == Q[4] + Q[6] + Q[7] - V[6] - V[7]
+    assert g[5] == Q[5] + Q[7] - V[7]
+    assert g[6] == Q[6] + Q[7] - V[7]
+    assert g[7] == Q[7]
+    assert g == _literal_returns(Q, V, 8, 2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 9])
+def test_kstep_random_padded_batch_against_literal_reference(k):
+    g = _gen(11 + k)
+    lengths = [7, 1, 4, 0, 5]
+    time = 7
+    q = torch.randn(5, time, generator=g)
+    v = torch.randn(5, time, generator=g)
+    mask = _right_padded_mask(lengths, time)
+    q[~mask] = 1e6  # garbage at padding must not leak
+    v[~mask] = -1e6
+    out = kstep_returns(q, v, mask, k)
+    assert out.shape == (5, time) and out.dtype == torch.float32
+    for row, n in enumerate(lengths):
+        expected = _literal_returns(q[row].tolist(), v[row].tolist(), n, k) + [0.0] * (time - n)
+        torch.testing.assert_close(out[row], torch.tensor(expected), rtol=1e-5, atol=1e-5)
+        # the same row alone, unpadded, gives the same numbers
+        if n:
+            alone = kstep_returns(q[row : row + 1, :n], v[row : row + 1, :n], torch.ones(1, n), k)
+            torch.testing.assert_close(out[row, :n], alone[0], rtol=1e-6, atol=1e-6)
+
+
+def test_kstep_k1_is_reward_to_go_of_one_step_rewards():
+    g = _gen(20)
+    q = torch.randn(3, 6, generator=g)
+    v = torch.randn(3, 6, generator=g)
+    mask = _right_padded_mask([6, 4, 2], 6)
+    r = one_step_rewards(q, v, mask)
+    reward_to_go = r.flip(1).cumsum(1).flip(1) * mask
+    torch.testing.assert_close(kstep_returns(q, v, mask, 1), reward_to_go, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [5, 6, 100, 10**12])
+def test_kstep_large_k_closed_form(k):
+    g = _gen(21)
+    q = torch.randn(2, 6, generator=g)
+    v = torch.randn(2, 6, generator=g)
+    lengths = [6, 4]
+    mask = _right_padded_mask(lengths, 6)
+    out = kstep_returns(q, v, mask, k)
+    for row, n in enumerate(lengths):
+        for t in range(n - 1):  # G_t = q_t - V_{n-1} + q_{n-1}
+            assert out[row, t].item() == pytest.approx((q[row, t] - v[row, n - 1] + q[row, n - 1]).item(), abs=1e-6)
+        assert out[row, n - 1].item() == pytest.approx(q[row, n - 1].item())
+        assert torch.all(out[row, n:] == 0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_kstep_invalid_k_raises(bad):
+    with pytest.raises(ValueError):
+        kstep_returns(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3), bad)
+
+
+def test_rewards_reject_left_padded_mask():
+    with pytest.raises(ValueError, match="right-padded"):
+        kstep_returns(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[0, 1, 1]]), 2)
+    with pytest.raises(ValueError, match="right-padded"):
+        one_step_rewards(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[1, 0, 1]]))
+
+
+# ------------------------------------------------------------------------------------------------
+# policy-gradient loss
+# ------------------------------------------------------------------------------------------------
+
+
+def _pg_case():
+    # position 0: logits (0, 0) -> pi = (1/2, 1/2), token 0, G = 4
+    # position 1: logits (ln 3, 0) -> pi = (3/4, 1/4), token 1, G = -2
+    # position 2: padding (token -100, garbage return)
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]], requires_grad=True)
+    tokens = torch.tensor([[0, 1, -100]])
+    returns = torch.tensor([[4.0, -2.0, 1e9]])
+    mask = torch.tensor([[1, 1, 0]])
+    return logits, tokens, returns, mask
+
+
+def test_policy_gradient_hand_case():
+    logits, tokens, returns, mask = _pg_case()
+    ln2 = math.log(2.0)
+    # prob weight: A0 = 1/2 * 4 = 2, A1 = 1/4 * -2 = -1/2
+    #   loss0 = -ln(1/2) * 2 = 2 ln 2;  loss1 = -ln(1/4) * (-1/2) = -ln 2
+    loss, stats = policy_gradient_loss(logits, tokens, returns, mask)
+    torch.testing.assert_close(loss, torch.tensor([[2 * ln2, -ln2, 0.0]]))
+    h1 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # 0.562335145
+    assert stats["mean_return"] == pytest.approx(1.0)  # (4 - 2) / 2
+    assert stats["mean_advantage"] == pytest.approx(0.75)  # (2 - 0.5) / 2
+    assert stats["advantage_std"] == pytest.approx(1.25)  # population std of (2, -0.5)
+    assert stats["mean_entropy"] == pytest.approx((ln2 + h1) / 2)
+    assert all(isinstance(x, float) for x in stats.values())
+    # weight one, denom 2: A0 = 4 / 2 = 2, A1 = -2 / 2 = -1: loss1 = -ln(1/4) * -1 = -2 ln 2
+    loss, _ = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", denom=2.0)
+    torch.testing.assert_close(loss, torch.tensor([[2 * ln2, -2 * ln2, 0.0]]))
+    # entropy bonus 0.1: subtract 0.1 * H_t
+    loss, _ = policy_gradient_loss(logits, tokens, returns, mask, entropy_coef=0.1)
+    torch.testing.assert_close(loss, torch.tensor([[2 * ln2 - 0.1 * ln2, -ln2 - 0.1 * h1, 0.0]]))
+
+
+def test_policy_gradient_clip():
+    logits, tokens, _, mask = _pg_case()
+    returns = torch.tensor([[1e4, -1e4, 0.0]])
+    loss, stats = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", clip=3.0)
+    # A = (3, -3): loss0 = ln 2 * 3, loss1 = ln(1/4) * 3
+    torch.testing.assert_close(loss, torch.tensor([[3 * math.log(2.0), 3 * math.log(0.25), 0.0]]))
+    assert stats["mean_advantage"] == pytest.approx(0.0)
+    assert stats["advantage_std"] == pytest.approx(3.0)
+    loss, _ = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", clip=None)
+    assert loss[0, 0].item() == pytest.approx(1e4 * math.log(2.0))
+
+
+def test_policy_gradient_mean_baseline_centres_advantages():
+    g = _gen(30)
+    logits = torch.randn(3, 5, 6, generator=g)
+    tokens = torch.randint(0, 6, (3, 5), generator=g)
+    returns = torch.randn(3, 5, generator=g) * 3 + 2
+    mask = _right_padded_mask([5, 2, 3], 5)
+    returns[~mask] = 1e6  # must not enter the batch mean
+    loss, stats = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", baseline="mean")
+    logp = torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+    adv = -loss.double()[mask] / logp[mask]  # loss_t = -logp_t A_t
+    assert adv.mean().item() == pytest.approx(0.0, abs=1e-5)
+    expected = returns[mask].double() - returns[mask].double().mean()
+    torch.testing.assert_close(adv, expected, rtol=1e-4, atol=1e-4)
+    assert stats["mean_advantage"] == pytest.approx(0.0, abs=1e-5)
+    assert stats["mean_return"] == pytest.approx(returns[mask].mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("token_weight", ["one", "prob"])
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.3])
+def test_policy_gradient_is_reinforce_gradient(token_weight, entropy_coef):
+    g = _gen(31)
+    logits = (torch.randn(2, 4, 5, generator=g) * 2).requires_grad_(True)
+    tokens = torch.randint(0, 5, (2, 4), generator=g)
+    returns = (torch.randn(2, 4, generator=g) * 5).requires_grad_(True)
+    mask = _right_padded_mask([4, 2], 4)
+    tokens[~mask] = -100
+    loss, _ = policy_gradient_loss(
+        logits, tokens, returns, mask, token_weight=token_weight, denom=1.5, clip=2.0, entropy_coef=entropy_coef
+    )
+    loss.sum().backward()
+    assert returns.grad is None  # no gradient through the returns
+    with torch.no_grad():
+        pi = torch.softmax(logits.double(), -1)
+        log_pi = torch.log_softmax(logits.double(), -1)
+        safe_tokens = tokens.clamp(min=0)
+        onehot = F.one_hot(safe_tokens, 5).double()
+        w = pi.gather(-1, safe_tokens[..., None]).squeeze(-1) if token_weight == "prob" else torch.ones(2, 4)
+        adv = (w * returns.double() / 1.5).clamp(-2.0, 2.0)
+        entropy = -(pi * log_pi).sum(-1, keepdim=True)
+        # d(-logp_y A)/dz = -A (onehot(y) - pi);  d(-c H)/dz = c pi (log pi + H)
+        expected = -adv[..., None] * (onehot - pi) + entropy_coef * pi * (log_pi + entropy)
+        expected = expected * mask[..., None]
+    torch.testing.assert_close(logits.grad.double(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(logits.grad[~mask] == 0)
+
+
+def test_policy_gradient_finite_difference_with_tiny_model():
+    g = _gen(32)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 6)
+    x = torch.randn(2, 3, 4, generator=g)
+    tokens = torch.randint(0, 6, (2, 3), generator=g)
+    returns = torch.randn(2, 3, generator=g) * 2
+    mask = _right_padded_mask([3, 2], 3)
+    n_real = mask.sum()
+    kwargs = dict(denom=1.0, clip=50.0, baseline="mean", entropy_coef=0.2)
+
+    # autograd of the reference loss (prob weights) at theta_0
+    loss, _ = policy_gradient_loss(model(x), tokens, returns, mask, token_weight="prob", **kwargs)
+    (loss.sum() / n_real).backward()
+    params = list(model.parameters())
+    direction = [torch.randn(p.shape, generator=g) for p in params]
+    autograd = sum((p.grad * d).sum() for p, d in zip(params, direction)).item()
+
+    # the same surrogate with advantages frozen at theta_0: w_0 * G with weight "one"
+    with torch.no_grad():
+        w0 = torch.softmax(model(x), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+        def frozen(eps):
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+            out, _ = policy_gradient_loss(model(x), tokens, returns * w0, mask, token_weight="one", **kwargs)
+            for p, d in zip(params, direction):
+                p.sub_(eps * d)
+            return (out.sum() / n_real).item()
+
+        eps = 1e-2
+        finite_difference = (frozen(eps) - frozen(-eps)) / (2 * eps)
+        assert frozen(0.0) == pytest.approx((loss.sum() / n_real).item(), rel=1e-6)
+    assert autograd == pytest.approx(finite_difference, rel=2e-3, abs=1e-4)
+
+
+def test_policy_gradient_validates_options():
+    logits, tokens, returns, mask = _pg_case()
+    with pytest.raises(ValueError, match="prob, one"):
+        policy_gradient_loss(logits, tokens, returns, mask, token_weight="sqrt")
+    with pytest.raises(ValueError, match="none, mean"):
+        policy_gradient_loss(logits, tokens, returns, mask, baseline="min-variance")
+    with pytest.raises(ValueError):
+        policy_gradient_loss(logits, tokens, returns, mask, denom=0.0)
+
+
+def test_policy_gradient_empty_batch():
+    logits = torch.zeros(1, 2, 3, requires_grad=True)
+    loss, stats = policy_gradient_loss(logits, torch.full((1, 2), -100), torch.zeros(1, 2), torch.zeros(1, 2))
+    assert torch.all(loss == 0)
+    assert stats == {"mean_return": 0.0, "mean_advantage": 0.0, "advantage_std": 0.0, "mean_entropy": 0.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-entropy
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cross_entropy_matches_torch():
+    g = _gen(40)
+    logits = (torch.randn(3, 4, 7, generator=g) * 3).requires_grad_(True)
+    tokens = torch.randint(0, 7, (3, 4), generator=g)
+    mask = _right_padded_mask([4, 1, 3], 4)
+    tokens[~mask] = -100
+    out = cross_entropy(logits, tokens, mask)
+    ref = F.cross_entropy(logits.detach().reshape(-1, 7), tokens.reshape(-1), ignore_index=-100, reduction="none")
+    torch.testing.assert_close(out, ref.reshape(3, 4))
+    assert torch.all(out[~mask] == 0)
+    out.sum().backward()
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    F.cross_entropy(ref_logits.reshape(-1, 7), tokens.reshape(-1), ignore_index=-100, reduction="sum").backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad)

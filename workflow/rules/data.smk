@@ -1,0 +1,18 @@
+# Task data in the hub schema: synthetic (seeded), from the hub by name, or local JSONL.
+
+
+rule data:
+    output:
+        expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+    params:
+        spec=lambda wildcards: as_json(task_cfg(wildcards.task)),
+        seed=DATA_SEED,
+        outdir=lambda wildcards: f"results/data/{wildcards.task}",
+    log:
+        "results/logs/data/{task}.log",
+    benchmark:
+        "results/benchmarks/data/{task}.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "{KETCHUP} data --task {wildcards.task} --spec {params.spec:q} --seed {params.seed} --out {params.outdir} > {log} 2>&1"

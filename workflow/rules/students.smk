@@ -1,0 +1,35 @@
+# Students per task, size, method and seed, all through the one training loop. RL methods start
+# from the KL student of the same task, size and seed (a DAG edge).
+
+RL_METHODS = ["llmr", "llmr-mean", "ketchup"]
+
+
+def student_init(wildcards):
+    if wildcards.method in RL_METHODS:
+        return f"results/models/students/{wildcards.task}/{wildcards.student}/kl/seed{wildcards.seed}"
+    return []
+
+
+rule student:
+    input:
+        data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        teacher_outputs="results/teacher_outputs/{task}/train.jsonl",
+        teacher="results/models/teacher/{task}",
+        init=student_init,
+    output:
+        directory("results/models/students/{task}/{student}/{method}/seed{seed}"),
+    params:
+        spec=student_spec,
+        datadir=lambda wildcards: f"results/data/{wildcards.task}",
+        outputs_dir=lambda wildcards: f"results/teacher_outputs/{wildcards.task}",
+        init=lambda wildcards, input: f"--init {input.init}" if input.init else "",
+        checkpoints=lambda wildcards: f"results/checkpoints/students/{wildcards.task}/{wildcards.student}/{wildcards.method}/seed{wildcards.seed}",
+    log:
+        "results/logs/student/{task}/{student}/{method}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/student/{task}/{student}/{method}/seed{seed}.tsv"
+    threads: 1
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "{KETCHUP} --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

@@ -1,0 +1,35 @@
+# Teacher fine-tuning on ground truth; the dev-best checkpoint is kept. Resumable: the rolling
+# checkpoint lives under results/checkpoints/, outside the declared output.
+
+
+def tokenizer_source(wildcards):
+    """The trained tokenizer's directory, or the pretrained tokenizer's name / path."""
+    if config["tokenizer"]["kind"] == "train":
+        return f"results/tokenizer/{wildcards.task}"
+    return config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
+
+
+def tokenizer_input(wildcards):
+    return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
+
+
+rule teacher:
+    input:
+        data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        tokenizer=tokenizer_input,
+    output:
+        directory("results/models/teacher/{task}"),
+    params:
+        spec=teacher_spec,
+        tokenizer=tokenizer_source,
+        datadir=lambda wildcards: f"results/data/{wildcards.task}",
+        checkpoints=lambda wildcards: f"results/checkpoints/teacher/{wildcards.task}",
+    log:
+        "results/logs/teacher/{task}.log",
+    benchmark:
+        "results/benchmarks/teacher/{task}.tsv"
+    threads: 1
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "{KETCHUP} --threads {threads} teacher --spec {params.spec:q} --data {params.datadir} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

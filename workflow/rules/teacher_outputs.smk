@@ -1,0 +1,23 @@
+# The teacher's greedy outputs per split: SeqKD / KL pseudo-targets (train) and the teacher row (test).
+
+
+rule teacher_outputs:
+    input:
+        model="results/models/teacher/{task}",
+        data="results/data/{task}/{split}.jsonl",
+    output:
+        "results/teacher_outputs/{task}/{split}.jsonl",
+    params:
+        prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
+        generation=as_json(kconfig.generation_settings(config)),
+        max_source_length=lambda wildcards: lengths(wildcards.task)[0],
+        arch=ARCH,
+    log:
+        "results/logs/teacher_outputs/{task}/{split}.log",
+    benchmark:
+        "results/benchmarks/teacher_outputs/{task}/{split}.tsv"
+    threads: 1
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "{KETCHUP} --threads {threads} generate --teacher --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt {params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# A BPE tokenizer trained on the task's train split (default config); paper configs use the teacher's.
+
+
+rule tokenizer:
+    input:
+        "results/data/{task}/train.jsonl",
+    output:
+        directory("results/tokenizer/{task}"),
+    params:
+        prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
+        vocab_size=config["tokenizer"].get("vocab_size", 1000),
+        datadir=lambda wildcards: f"results/data/{wildcards.task}",
+    log:
+        "results/logs/tokenizer/{task}.log",
+    benchmark:
+        "results/benchmarks/tokenizer/{task}.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "{KETCHUP} tokenizer --task {wildcards.task} --data {params.datadir} --prompt {params.prompt:q} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"
