@@ -1,0 +1,32 @@
+"""LLM-judge evaluation (issue 5): cached, fault-tolerant, position-unbiased judging of predictions.
+
+Modules
+-------
+- :mod:`.config`   -- ``JudgeConfig`` (the ``judge:`` config block), ``check_enabled``, errors
+- :mod:`.protocol` -- pure logic: example sampling, prompts, reply parsing, pairwise combination
+- :mod:`.cache`    -- content-addressed on-disk cache of replies
+- :mod:`.client`   -- async OpenAI-compatible client with retries, concurrency cap, usage/cost
+- :mod:`.stages`   -- ``score_run``, ``pairwise_run``, ``judge_table`` (pipeline entry points)
+- :mod:`.figure`   -- ``judge_figure``
+- ``python -m ketchup.judge --help`` -- the same stages as commands
+
+Prompt templates live in ``prompts/`` (``system.txt``, ``score.txt``, ``pairwise.txt``).
+"""
+
+from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, check_enabled, is_enabled, load_config
+from .protocol import sample_ids
+
+__all__ = [
+    "JudgeAPIError", "JudgeConfig", "JudgeConfigError", "check_enabled", "is_enabled", "load_config",
+    "sample_ids", "score_run", "pairwise_run", "judge_table", "judge_figure",
+]
+
+
+def __getattr__(name):  # lazy: importing the package does not import openai / matplotlib
+    if name in ("score_run", "pairwise_run", "judge_table"):
+        from . import stages
+        return getattr(stages, name)
+    if name == "judge_figure":
+        from .figure import judge_figure
+        return judge_figure
+    raise AttributeError(name)

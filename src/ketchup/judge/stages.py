@@ -1,0 +1,411 @@
+"""Pipeline stages of the LLM judge (plain functions; every output is written atomically).
+
+Inputs
+------
+Prediction files: JSONL, one record per example ``{"id", "source", "reference", "prediction"}``.
+
+Outputs
+-------
+``score_run`` writes ``out_path`` (JSONL, one line per judged example, in prediction-file order)::
+
+    {"id": str, "scores": {criterion: int 1..10 | null}, "valid": bool,
+     "usage": {"prompt_tokens": int, "completion_tokens": int}, "cost_usd": float,
+     "attempts": int, "error": str | null, "reply": str | null}
+
+and next to it :func:`summary_path` (``scores.jsonl`` -> ``scores.summary.json``): counts,
+per-criterion means over valid judgements, tokens, cost, template version, and this run's
+``api_requests`` / ``cache_hits``. The summary is written first and the JSONL last, so the JSONL
+existing means the stage finished.
+
+``pairwise_run`` writes ``out_path`` (JSONL) with, per example, both orders and the combination
+(``ab``: method shown as A, baseline as B; ``ba``: swapped; outcomes are the method's)::
+
+    {"id": str, "baseline": str,
+     "ab": {"verdict": "A"|"B"|"tie"|null, "outcome": "win"|"tie"|"loss"|null, "valid": bool, "error": ...},
+     "ba": {...same...},
+     "outcome": "win"|"tie"|"loss"|"invalid", "valid": bool,
+     "usage": {...both orders summed...}, "cost_usd": float}
+
+plus its summary (win/tie/loss counts and rates, position-consistency diagnostics). The combination
+rule is documented in :mod:`ketchup.judge.protocol`.
+
+Run identity for ``judge_table``
+--------------------------------
+Each file in ``score_files`` / ``pairwise_files`` is either a path laid out as
+``.../{task}/{student}/{method}/seed{seed}/<file>.jsonl`` (e.g.
+``results/judge/xsum/t5-small/ketchup/seed0/scores.jsonl``; the four directories above the file
+give the run) or a mapping ``{"path": ..., "task": ..., "student": ..., "method": ..., "seed": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import math
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import protocol
+from ._io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from .cache import JudgeCache
+from .client import JudgeClient, Judgement
+from .config import JudgeConfig, JudgeConfigError, check_enabled, is_enabled
+
+__all__ = [
+    "score_run", "pairwise_run", "judge_table", "check_enabled", "is_enabled", "summary_path",
+    "parse_run_path", "read_predictions", "JudgeConfigError", "TABLE_BASE_COLUMNS",
+]
+
+log = logging.getLogger("ketchup.judge")
+
+N_BOOT = 2000
+CI_LEVEL = 0.95
+
+
+def summary_path(out_path: str | os.PathLike) -> Path:
+    """``.../scores.jsonl`` -> ``.../scores.summary.json`` (the stage's summary file)."""
+    p = Path(out_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(stem + ".summary.json")
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, dict]:
+    """Prediction records by id (order kept); checks the fields and that ids are unique."""
+    recs = read_jsonl(path)
+    out: dict[str, dict] = {}
+    for i, r in enumerate(recs, 1):
+        missing = [k for k in ("id", "prediction") if k not in r]
+        if missing:
+            raise ValueError(f"{path}: record {i} lacks {missing}")
+        ex_id = str(r["id"])
+        if ex_id in out:
+            raise ValueError(f"{path}: duplicate example id {ex_id!r}")
+        out[ex_id] = r
+    return out
+
+
+def _run_async(coro):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("call the a*-variant (e.g. ascore_run) from inside a running event loop")
+
+
+def _progress(done: int, total: int) -> None:
+    if total and (done == total or done % max(1, total // 10) == 0):
+        log.info("judge: %d/%d judgements", done, total)
+
+
+async def _gather(coros: Sequence) -> list:
+    """Run coroutines concurrently (the client's semaphore caps the requests), logging progress."""
+    total, done = len(coros), 0
+    tasks = [asyncio.ensure_future(c) for c in coros]
+
+    async def _watch():
+        nonlocal done
+        for fut in asyncio.as_completed(tasks):
+            await fut
+            done += 1
+            _progress(done, total)
+
+    try:
+        await _watch()
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [t.result() for t in tasks]
+
+
+# --------------------------------------------------------------------------- score
+
+async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir) -> dict:
+    cfg = check_enabled(judge_cfg)
+    preds = read_predictions(predictions_path)
+    ids = protocol.sample_ids(preds.keys(), cfg.n_examples, cfg.seed)
+    tdesc = protocol.describe_task(task, dict(cfg.task_descriptions))
+    version = protocol.template_version("score")
+    criteria = list(cfg.criteria)
+
+    def parse(text):
+        return protocol.parse_score_reply(text, criteria)
+
+    async with JudgeClient(cfg, JudgeCache(cache_dir)) as jc:
+        coros = []
+        for ex_id in ids:
+            r = preds[ex_id]
+            msgs = protocol.score_messages(tdesc, r.get("source", ""), r.get("reference", ""),
+                                           r["prediction"], criteria, cfg.max_chars)
+            coros.append(jc.judge(msgs, parse, version, kind="score"))
+        results: list[Judgement] = await _gather(coros)
+        n_requests, n_hits = jc.n_requests, jc.n_cache_hits
+
+    records = []
+    for ex_id, j in zip(ids, results):
+        scores = j.parsed if j.valid else {c: None for c in criteria}
+        records.append({
+            "id": ex_id, "scores": scores, "valid": j.valid, "usage": j.usage,
+            "cost_usd": round(j.cost_usd, 8), "attempts": j.attempts, "error": j.error, "reply": j.reply,
+        })
+    valid = [r for r in records if r["valid"]]
+    summary = {
+        "kind": "score", "task": task, "model": cfg.model, "template_version": version,
+        "criteria": criteria, "predictions": str(predictions_path),
+        "n_examples": len(records), "n_valid": len(valid), "n_invalid": len(records) - len(valid),
+        "mean": {c: (float(np.mean([r["scores"][c] for r in valid])) if valid else None) for c in criteria},
+        **_usage_totals(records, cfg),
+        "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
+    }
+    atomic_write_json(summary_path(out_path), summary)
+    atomic_write_jsonl(out_path, records)
+    log.info("judge scores: %s (%d valid, %d invalid, %d API requests, %d cache hits)",
+             out_path, summary["n_valid"], summary["n_invalid"], n_requests, n_hits)
+    return summary
+
+
+def score_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predictions_path, out_path,
+              cache_dir) -> dict:
+    """Score a deterministic sample of a run's predictions (1-10 per criterion); returns the summary.
+
+    Writes ``out_path`` (JSONL) and :func:`summary_path` ``(out_path)``; see the module docstring.
+    Raises :class:`JudgeConfigError` if the judge is disabled or the key variable is not set.
+    """
+    return _run_async(ascore_run(judge_cfg, task, predictions_path, out_path, cache_dir))
+
+
+def _usage_totals(records: Iterable[dict], cfg: JudgeConfig) -> dict:
+    pt = sum(int(r["usage"]["prompt_tokens"]) for r in records)
+    ct = sum(int(r["usage"]["completion_tokens"]) for r in records)
+    return {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": round(cfg.cost(pt, ct), 8)}
+
+
+# --------------------------------------------------------------------------- pairwise
+
+async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predictions_path, out_path,
+                        cache_dir, baseline: str | None = None) -> dict:
+    cfg = check_enabled(judge_cfg)
+    baseline = baseline or cfg.baseline
+    preds = read_predictions(predictions_path)
+    base = read_predictions(baseline_predictions_path)
+    ids = protocol.sample_ids(preds.keys(), cfg.n_examples, cfg.seed)
+    missing = [i for i in ids if i not in base]
+    if missing:
+        raise ValueError(f"{baseline_predictions_path} lacks {len(missing)} example id(s) of "
+                         f"{predictions_path}, e.g. {missing[:3]}")
+    tdesc = protocol.describe_task(task, dict(cfg.task_descriptions))
+    version = protocol.template_version("pairwise")
+    criteria = list(cfg.criteria)
+
+    async with JudgeClient(cfg, JudgeCache(cache_dir)) as jc:
+        coros = []
+        for ex_id in ids:
+            r, b = preds[ex_id], base[ex_id]
+            src, ref = r.get("source", ""), r.get("reference", "")
+            m_ab = protocol.pairwise_messages(tdesc, src, ref, r["prediction"], b["prediction"], criteria, cfg.max_chars)
+            m_ba = protocol.pairwise_messages(tdesc, src, ref, b["prediction"], r["prediction"], criteria, cfg.max_chars)
+            coros.append(jc.judge(m_ab, protocol.parse_pairwise_reply, version, kind="pairwise"))
+            coros.append(jc.judge(m_ba, protocol.parse_pairwise_reply, version, kind="pairwise"))
+        results: list[Judgement] = await _gather(coros)
+        n_requests, n_hits = jc.n_requests, jc.n_cache_hits
+
+    records = []
+    for k, ex_id in enumerate(ids):
+        j_ab, j_ba = results[2 * k], results[2 * k + 1]
+        o_ab = protocol.orient(j_ab.parsed, "A") if j_ab.valid else None
+        o_ba = protocol.orient(j_ba.parsed, "B") if j_ba.valid else None
+        combined = protocol.combine_outcomes(o_ab, o_ba)
+        pt, ct = j_ab.prompt_tokens + j_ba.prompt_tokens, j_ab.completion_tokens + j_ba.completion_tokens
+        records.append({
+            "id": ex_id, "baseline": baseline,
+            "ab": {"verdict": j_ab.parsed if j_ab.valid else None, "outcome": o_ab, "valid": j_ab.valid,
+                   "attempts": j_ab.attempts, "error": j_ab.error, "reply": j_ab.reply},
+            "ba": {"verdict": j_ba.parsed if j_ba.valid else None, "outcome": o_ba, "valid": j_ba.valid,
+                   "attempts": j_ba.attempts, "error": j_ba.error, "reply": j_ba.reply},
+            "outcome": combined, "valid": combined != "invalid",
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct},
+            "cost_usd": round(cfg.cost(pt, ct), 8),
+        })
+    both = [r for r in records if r["valid"]]
+    single = [r[o]["verdict"] for r in records for o in ("ab", "ba") if r[o]["valid"]]
+    summary = {
+        "kind": "pairwise", "task": task, "model": cfg.model, "template_version": version,
+        "baseline": baseline, "predictions": str(predictions_path),
+        "baseline_predictions": str(baseline_predictions_path),
+        "n_examples": len(records),
+        **protocol.outcome_rates(r["outcome"] for r in records),
+        # diagnostics of position bias: how often both orders agree, how often "A" is picked
+        "order_consistency": (sum(r["ab"]["outcome"] == r["ba"]["outcome"] for r in both) / len(both)) if both else None,
+        "first_position_rate": (sum(v == "A" for v in single) / len(single)) if single else None,
+        **_usage_totals(records, cfg),
+        "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
+    }
+    atomic_write_json(summary_path(out_path), summary)
+    atomic_write_jsonl(out_path, records)
+    log.info("judge pairwise: %s (win %s / tie %s / loss %s, %d invalid)", out_path,
+             summary["n_win"], summary["n_tie"], summary["n_loss"], summary["n_invalid"])
+    return summary
+
+
+def pairwise_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predictions_path,
+                 baseline_predictions_path, out_path, cache_dir, baseline: str | None = None) -> dict:
+    """Compare a run with the baseline run in both orders; returns the summary.
+
+    ``baseline`` is only the name recorded in the output (default ``judge.baseline``). The same
+    example sample as :func:`score_run` is used; every sampled id must be in the baseline file.
+    """
+    return _run_async(apairwise_run(judge_cfg, task, predictions_path, baseline_predictions_path,
+                                    out_path, cache_dir, baseline))
+
+
+# --------------------------------------------------------------------------- table
+
+_RUN_DIR = re.compile(r"^seed(-?\d+)$")
+
+
+def parse_run_path(path: str | os.PathLike) -> dict[str, Any]:
+    """``.../{task}/{student}/{method}/seed{seed}/<file>`` -> ``{task, student, method, seed}``."""
+    p = Path(path)
+    parts = p.parent.parts
+    if len(parts) < 4 or not _RUN_DIR.match(parts[-1]):
+        raise ValueError(
+            f"cannot read (task, student, method, seed) from {str(path)!r}: expected "
+            ".../{task}/{student}/{method}/seed{seed}/<file>.jsonl, or pass a mapping with "
+            "path, task, student, method and seed"
+        )
+    return {"task": parts[-4], "student": parts[-3], "method": parts[-2],
+            "seed": int(_RUN_DIR.match(parts[-1]).group(1))}
+
+
+def _resolve(entry) -> tuple[Path, dict]:
+    if isinstance(entry, Mapping):
+        missing = [k for k in ("path", "task", "student", "method", "seed") if k not in entry]
+        if missing:
+            raise ValueError(f"judge_table entry {dict(entry)!r} lacks {missing}")
+        return Path(entry["path"]), {k: entry[k] for k in ("task", "student", "method", "seed")}
+    return Path(entry), parse_run_path(entry)
+
+
+def bootstrap_ci(sums: np.ndarray, counts: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                 level: float = CI_LEVEL) -> tuple[float, float, float]:
+    """Pooled mean and percentile-bootstrap CI, resampling clusters (examples).
+
+    ``sums[i]`` / ``counts[i]``: sum and number of valid scores of example i over all seeds, so all
+    seeds' judgements of one example are resampled together. (nan, nan, nan) without data; the CI
+    is nan with fewer than two examples.
+    """
+    sums, counts = np.asarray(sums, float), np.asarray(counts, float)
+    keep = counts > 0
+    sums, counts = sums[keep], counts[keep]
+    if counts.sum() == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(sums.sum() / counts.sum())
+    n = len(sums)
+    if n < 2:
+        return mean, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boot = sums[idx].sum(1) / counts[idx].sum(1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(boot, [a, 1 - a])
+    return mean, float(lo), float(hi)
+
+
+TABLE_BASE_COLUMNS = [
+    "task", "student", "method", "n_seeds", "seeds",
+    "n_scored", "n_score_invalid",
+]
+TABLE_PAIR_COLUMNS = [
+    "baseline", "n_pairs", "n_pair_invalid", "win_rate", "tie_rate", "loss_rate",
+]
+TABLE_TAIL_COLUMNS = ["n_invalid", "prompt_tokens", "completion_tokens", "cost_usd"]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def judge_table(score_files: Iterable, pairwise_files: Iterable, out_csv, *, n_boot: int = N_BOOT,
+                seed: int = 0) -> list[dict]:
+    """Aggregate judge outputs into ``llm_judge.csv``: one row per (task, student, method).
+
+    Seeds are pooled. Per criterion ``c``: ``c_mean`` over all valid judgements of all seeds and a
+    95 % percentile-bootstrap CI ``c_ci_low``/``c_ci_high`` (``n_boot`` = 2000 resamples of the example ids,
+    all seeds of an example moving together; fixed RNG ``seed``). Pairwise: combined outcomes of
+    all seeds vs the baseline, rates over valid pairs (empty for rows without pairwise files,
+    e.g. the baseline itself). ``n_invalid`` = invalid score judgements + invalid pairs; tokens and
+    cost are summed over both kinds (what producing the judgements cost, cached or not).
+    Returns the rows (as written, values unformatted).
+    """
+    groups: dict[tuple, dict] = defaultdict(lambda: {"seeds": set(), "scores": [], "pairs": []})
+    criteria: list[str] = []
+    for entry in score_files:
+        path, run = _resolve(entry)
+        g = groups[(run["task"], run["student"], run["method"])]
+        g["seeds"].add(int(run["seed"]))
+        for r in read_jsonl(path):
+            for c in (r.get("scores") or {}):
+                if c not in criteria:
+                    criteria.append(c)
+            g["scores"].append(r)
+    for entry in pairwise_files:
+        path, run = _resolve(entry)
+        g = groups[(run["task"], run["student"], run["method"])]
+        g["seeds"].add(int(run["seed"]))
+        g["pairs"].extend(read_jsonl(path))
+
+    rows = []
+    for (task, student, method), g in sorted(groups.items()):
+        row: dict[str, Any] = {"task": task, "student": student, "method": method,
+                               "n_seeds": len(g["seeds"]), "seeds": ";".join(map(str, sorted(g["seeds"])))}
+        scores = g["scores"]
+        row["n_scored"] = len(scores)
+        row["n_score_invalid"] = sum(not r.get("valid") for r in scores)
+        for c in criteria:
+            sums: dict[str, float] = defaultdict(float)
+            counts: dict[str, int] = defaultdict(int)
+            for r in scores:
+                v = (r.get("scores") or {}).get(c)
+                if r.get("valid") and v is not None:
+                    sums[str(r["id"])] += v
+                    counts[str(r["id"])] += 1
+            keys = sorted(sums)
+            m, lo, hi = bootstrap_ci(np.array([sums[k] for k in keys]), np.array([counts[k] for k in keys]),
+                                     n_boot=n_boot, seed=seed)
+            row[f"{c}_mean"], row[f"{c}_ci_low"], row[f"{c}_ci_high"] = m, lo, hi
+        pairs = g["pairs"]
+        baselines = sorted({str(r.get("baseline")) for r in pairs if r.get("baseline") is not None})
+        rates = protocol.outcome_rates(r.get("outcome", "invalid") for r in pairs)
+        row.update({
+            "baseline": ";".join(baselines), "n_pairs": len(pairs), "n_pair_invalid": rates["n_invalid"],
+            "win_rate": rates["win_rate"], "tie_rate": rates["tie_rate"], "loss_rate": rates["loss_rate"],
+        })
+        row["n_invalid"] = row["n_score_invalid"] + row["n_pair_invalid"]
+        allr = scores + pairs
+        row["prompt_tokens"] = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) for r in allr)
+        row["completion_tokens"] = sum(int((r.get("usage") or {}).get("completion_tokens", 0)) for r in allr)
+        row["cost_usd"] = float(sum(float(r.get("cost_usd", 0.0)) for r in allr))
+        rows.append(row)
+
+    columns = (TABLE_BASE_COLUMNS
+               + [f"{c}_{s}" for c in criteria for s in ("mean", "ci_low", "ci_high")]
+               + TABLE_PAIR_COLUMNS + TABLE_TAIL_COLUMNS)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: _fmt(row.get(k)) for k in columns})
+    atomic_write_text(out_csv, buf.getvalue())
+    return rows

@@ -1,0 +1,462 @@
+"""Tests of the LLM judge (issue 5) against a real local HTTP server speaking chat completions."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from judge_server import FakeJudgeServer  # noqa: E402
+
+from ketchup.judge import protocol  # noqa: E402
+from ketchup.judge.cache import JudgeCache, cache_key  # noqa: E402
+from ketchup.judge.config import JudgeAPIError, JudgeConfigError, check_enabled, is_enabled, load_config  # noqa: E402
+from ketchup.judge.stages import (  # noqa: E402
+    ascore_run, judge_table, pairwise_run, parse_run_path, score_run, summary_path,
+)
+
+KEY_ENV = "KETCHUP_TEST_JUDGE_KEY"
+KEY = "sk-ketchup-TEST-3f9c1d7e-DO-NOT-LEAK-8842"
+CRITERIA = ["overall", "informativeness", "coherence"]
+
+
+def expected_scores(q: int) -> dict:
+    return {"overall": q, "informativeness": max(1, q - 1), "coherence": min(10, q + 1)}
+
+
+def make_cfg(server: FakeJudgeServer | None = None, **kw) -> dict:
+    cfg = {
+        "enabled": True, "base_url": server.base_url if server else "http://127.0.0.1:9/v1",
+        "model": "fake-judge-1", "api_key_env": KEY_ENV, "temperature": 0.0, "max_tokens": 64,
+        "n_examples": 0, "seed": 13, "baseline": "kl", "concurrency": 4, "max_retries": 3,
+        "timeout_s": 0.4, "backoff_s": 0.01, "backoff_max_s": 0.05,
+        "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0, "criteria": CRITERIA,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def write_preds(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """rows: (id, source, prediction)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for ex_id, src, pred in rows:
+            fh.write(json.dumps({"id": ex_id, "source": src, "reference": f"reference of {ex_id}",
+                                 "prediction": pred}) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def assert_no_key_in(*dirs: Path) -> int:
+    n = 0
+    for d in dirs:
+        for p in Path(d).rglob("*"):
+            if p.is_file():
+                n += 1
+                assert KEY.encode() not in p.read_bytes(), f"API key leaked into {p}"
+    return n
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+@pytest.fixture
+def server():
+    with FakeJudgeServer() as s:
+        yield s
+
+
+# --------------------------------------------------------------------------- pure logic
+
+def test_sample_ids_deterministic_and_order_free():
+    ids = [f"ex{i}" for i in range(50)]
+    a = protocol.sample_ids(ids, 10, seed=3)
+    assert len(a) == 10 and len(set(a)) == 10 and set(a) <= set(ids)
+    assert a == protocol.sample_ids(ids, 10, seed=3)
+    assert set(protocol.sample_ids(list(reversed(ids)), 10, seed=3)) == set(a)  # order-free
+    assert a == [i for i in ids if i in set(a)]  # kept in input order
+    assert set(protocol.sample_ids(ids, 10, seed=4)) != set(a)
+    assert protocol.sample_ids(ids, None, 0) == ids
+    assert protocol.sample_ids(ids, 0, 0) == ids
+    assert protocol.sample_ids(ids, 500, 0) == ids
+    with pytest.raises(ValueError):
+        protocol.sample_ids(["a", "a"], 1, 0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"overall": 7, "informativeness": 6, "coherence": 9}', {"overall": 7, "informativeness": 6, "coherence": 9}),
+    ('Sure.\n```json\n{"overall": 7, "informativeness": 6, "coherence": 9}\n```', {"overall": 7, "informativeness": 6, "coherence": 9}),
+    ('My scores: {"Overall": 1, "Informativeness": 10.0, "Coherence": 2} hope it helps', {"overall": 1, "informativeness": 10, "coherence": 2}),
+    ('{"scores": {"overall": 3, "informativeness": 3, "coherence": 3}, "why": "ok"}', {"overall": 3, "informativeness": 3, "coherence": 3}),
+    ('{"overall": 11, "informativeness": 6, "coherence": 9}', None),
+    ('{"overall": 0, "informativeness": 6, "coherence": 9}', None),
+    ('{"overall": "7", "informativeness": 6, "coherence": 9}', None),
+    ('{"overall": true, "informativeness": 6, "coherence": 9}', None),
+    ('{"overall": 7.5, "informativeness": 6, "coherence": 9}', None),
+    ('{"overall": 7, "coherence": 9}', None),
+    ("a seven out of ten", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_score_reply(text, expected):
+    assert protocol.parse_score_reply(text, CRITERIA) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"winner": "A"}', "A"), ('{"winner": "b"}', "B"), ('{"winner": "tie"}', "tie"),
+    ('```json\n{"winner": "Output B"}\n```', "B"), ('Verdict: {"Winner": "TIE"}.', "tie"),
+    ("A", "A"), ('{"winner": "both"}', None), ("I like the first one", None), (None, None),
+])
+def test_parse_pairwise_reply(text, expected):
+    assert protocol.parse_pairwise_reply(text) == expected
+
+
+@pytest.mark.parametrize("ab,ba,combined", [
+    ("win", "win", "win"), ("win", "tie", "win"), ("tie", "win", "win"),
+    ("loss", "loss", "loss"), ("loss", "tie", "loss"), ("tie", "loss", "loss"),
+    ("tie", "tie", "tie"), ("win", "loss", "tie"), ("loss", "win", "tie"),
+    (None, "win", "invalid"), ("tie", None, "invalid"),
+])
+def test_combine_outcomes(ab, ba, combined):
+    assert protocol.combine_outcomes(ab, ba) == combined
+    flip = {"win": "loss", "loss": "win", "tie": "tie", None: None, "invalid": "invalid"}
+    assert protocol.combine_outcomes(flip[ab], flip[ba]) == flip[combined]  # symmetric
+
+
+def test_position_bias_cancels():
+    # a judge that always says "A": method is A in order ab (win) and B in order ba (loss) -> tie
+    assert protocol.combine_outcomes(protocol.orient("A", "A"), protocol.orient("A", "B")) == "tie"
+    r = protocol.outcome_rates(["win", "win", "tie", "loss", "invalid"])
+    assert (r["n_valid"], r["n_invalid"], r["win_rate"], r["tie_rate"], r["loss_rate"]) == (4, 1, 0.5, 0.25, 0.25)
+
+
+def test_cache_key_covers_request_not_secrets():
+    msgs = [{"role": "user", "content": "hi"}]
+    k = cache_key("m", msgs, 0.0, 256, "score-v1-x")
+    assert len(k) == 64 and k == cache_key("m", [dict(m) for m in msgs], 0, 256, "score-v1-x")
+    others = [cache_key("m2", msgs, 0.0, 256, "score-v1-x"),
+              cache_key("m", [{"role": "user", "content": "hi!"}], 0.0, 256, "score-v1-x"),
+              cache_key("m", msgs, 0.5, 256, "score-v1-x"), cache_key("m", msgs, 0.0, 128, "score-v1-x"),
+              cache_key("m", msgs, 0.0, 256, "score-v2-x")]
+    assert len({k, *others}) == 6
+    # template text is part of the version string, and both templates exist with their placeholders
+    assert protocol.template_version("score") != protocol.template_version("pairwise")
+    assert "{output}" in protocol.load_template("score") and "{output_b}" in protocol.load_template("pairwise")
+
+
+# --------------------------------------------------------------------------- config checks
+
+def test_check_enabled_messages(monkeypatch, tmp_path):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(JudgeConfigError) as e:
+        check_enabled({"enabled": False})
+    msg = str(e.value)
+    assert "judge.enabled: true" in msg and "base_url" in msg and "OPENAI_API_KEY" in msg and "export" in msg
+    assert not is_enabled({"enabled": False})
+
+    with pytest.raises(JudgeConfigError) as e:  # enabled, but the key variable is missing
+        check_enabled(make_cfg())
+    assert KEY_ENV in str(e.value) and "export" in str(e.value)
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with pytest.raises(JudgeConfigError) as e:
+        check_enabled(make_cfg(model=None))
+    assert "judge.model" in str(e.value)
+    cfg = check_enabled(make_cfg())
+    assert cfg.model == "fake-judge-1" and is_enabled(make_cfg())
+    assert KEY not in repr(cfg)
+    with pytest.raises(JudgeConfigError):
+        load_config({"concurrency": 0})
+
+
+def test_missing_key_or_disabled_makes_no_request(monkeypatch, tmp_path, server):
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=5")])
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(JudgeConfigError, match=KEY_ENV):
+        score_run(make_cfg(server), "xsum", preds, tmp_path / "out" / "scores.jsonl", tmp_path / "cache")
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with pytest.raises(JudgeConfigError, match="enabled"):
+        score_run(make_cfg(server, enabled=False), "xsum", preds, tmp_path / "out" / "scores.jsonl", tmp_path / "cache")
+    assert server.n_requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- scoring against the server
+
+FAULTS = {  # marker -> (requests it needs with max_retries=3, valid?)
+    "": (1, True), "[[MALFORMED_ONCE]]": (2, True), "[[ALWAYS_MALFORMED]]": (4, False),
+    "[[OUT_OF_RANGE]]": (4, False), "[[RATE_LIMIT_ONCE]]": (2, True), "[[ERROR_ONCE]]": (2, True),
+    "[[SLOW_ONCE]]": (2, True), "[[FENCED]]": (1, True),
+}
+
+
+def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
+    rows, expect = [], {}
+    for k, (marker, (n_req, valid)) in enumerate(FAULTS.items()):
+        q = 2 + k
+        rows.append((f"id{k}", f"source {k} {marker}", f"prediction q={q}"))
+        expect[f"id{k}"] = (n_req, valid, q)
+    preds = write_preds(tmp_path / "preds.jsonl", rows)
+    out, cache = tmp_path / "out" / "scores.jsonl", tmp_path / "cache"
+    with FakeJudgeServer(slow_s=1.0, expected_key=KEY) as srv:
+        t0 = time.monotonic()
+        summary = score_run(make_cfg(srv), "xsum", preds, out, cache)
+        assert time.monotonic() - t0 < 10
+        recs = read_jsonl(out)
+        assert [r["id"] for r in recs] == [r[0] for r in rows]  # nothing dropped, file order kept
+        for r in recs:
+            n_req, valid, q = expect[r["id"]]
+            assert r["valid"] is valid, r
+            assert r["attempts"] == n_req
+            if valid:
+                assert r["scores"] == expected_scores(q) and r["error"] is None
+            else:
+                assert r["scores"] == {c: None for c in CRITERIA} and r["error"] == "unparseable reply"
+        assert srv.n_requests == sum(v[0] for v in expect.values())
+        assert summary["n_examples"] == len(rows) and summary["n_invalid"] == 2 and summary["n_valid"] == len(rows) - 2
+        assert summary["this_run"] == {"api_requests": srv.n_requests, "cache_hits": 0}
+        # every request: the configured model/parameters, the key only as the bearer token
+        assert all(r["auth"] == f"Bearer {KEY}" and r["model"] == "fake-judge-1" and r["max_tokens"] == 64
+                   and r["temperature"] == 0.0 for r in srv.requests)
+        # usage: every reply the client received (not the timed-out one, not 429/500) is counted
+        got = [r["usage"] for r in srv.requests if r["status"] == 200 and not r["slow"]]
+        pt, ct = sum(u["prompt_tokens"] for u in got), sum(u["completion_tokens"] for u in got)
+        assert (summary["prompt_tokens"], summary["completion_tokens"]) == (pt, ct)
+        assert summary["cost_usd"] == pytest.approx(pt / 1000 * 1.0 + ct / 1000 * 2.0)
+        assert sum(r["usage"]["prompt_tokens"] for r in recs) == pt
+        s = json.loads(summary_path(out).read_text())
+        assert s["mean"]["overall"] == pytest.approx(sum(expect[r["id"]][2] for r in recs if r["valid"]) / 6)
+
+        # a second run: everything (valid and unparseable) comes from the cache, zero requests
+        first = out.read_text()
+        n = srv.n_requests
+        summary2 = score_run(make_cfg(srv), "xsum", preds, out, cache)
+        assert srv.n_requests == n
+        assert summary2["this_run"] == {"api_requests": 0, "cache_hits": len(rows)}
+        assert out.read_text() == first
+    assert len(JudgeCache(cache)) == len(rows)
+    assert assert_no_key_in(tmp_path / "out", cache) >= len(rows) + 2
+
+
+def test_transport_failures_are_invalid_and_retried_next_run(tmp_path, key_env, server):
+    preds = write_preds(tmp_path / "p.jsonl", [("ok", "fine", "q=7"), ("bad", "[[ALWAYS_500]]", "q=7")])
+    out, cache = tmp_path / "scores.jsonl", tmp_path / "cache"
+    s = score_run(make_cfg(server, max_retries=2), "xsum", preds, out, cache)
+    recs = {r["id"]: r for r in read_jsonl(out)}
+    assert recs["bad"]["valid"] is False and recs["bad"]["error"] == "HTTP 500" and recs["bad"]["attempts"] == 3
+    assert recs["ok"]["valid"] is True and s["n_invalid"] == 1
+    assert server.n_requests == 4
+    score_run(make_cfg(server, max_retries=2), "xsum", preds, out, cache)  # not cached: asked again
+    assert server.n_requests == 7
+
+
+def test_concurrency_cap_holds(tmp_path, key_env):
+    rows = [(f"e{i:02d}", f"source {i}", f"q={1 + i % 10}") for i in range(16)]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    with FakeJudgeServer(delay=0.12) as srv:
+        score_run(make_cfg(srv, concurrency=3, n_examples=12), "gsm8k", preds, tmp_path / "s.jsonl", tmp_path / "c")
+        assert srv.n_requests == 12
+        assert srv.max_in_flight == 3  # the cap holds, and requests did overlap
+    ids = [r["id"] for r in read_jsonl(tmp_path / "s.jsonl")]
+    assert ids == protocol.sample_ids([r[0] for r in rows], 12, 13)
+
+
+def test_wrong_key_is_fatal_and_not_leaked(tmp_path, monkeypatch):
+    wrong = "sk-wrong-key-77aa11-DO-NOT-LEAK"
+    monkeypatch.setenv(KEY_ENV, wrong)
+    preds = write_preds(tmp_path / "p.jsonl", [(f"i{i}", "s", "q=3") for i in range(5)])
+    with FakeJudgeServer(expected_key=KEY) as srv:
+        with pytest.raises(JudgeAPIError) as e:
+            score_run(make_cfg(srv), "xsum", preds, tmp_path / "o" / "s.jsonl", tmp_path / "c")
+        assert 1 <= srv.n_requests <= 5 and all(r["attempt"] == 0 for r in srv.requests)  # no retries on 401
+    assert "401" in str(e.value) and KEY_ENV in str(e.value) and wrong not in str(e.value)
+    assert not (tmp_path / "o" / "s.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- pairwise
+
+def test_pairwise_both_orders_and_combination(tmp_path, key_env, server):
+    # (id, source marker, method q, baseline q, expected combined outcome)
+    cases = [("w", "", 8, 4, "win"), ("l", "", 3, 6, "loss"), ("t", "", 5, 5, "tie"),
+             ("b", "[[BIASED]]", 9, 1, "tie"), ("x", "[[ALWAYS_MALFORMED]]", 9, 1, "invalid"),
+             ("r", "[[RATE_LIMIT_ONCE]] [[MALFORMED_ONCE]]", 7, 2, "win")]
+    method = write_preds(tmp_path / "m.jsonl", [(i, f"src {i} {mk}", f"method says q={qm}") for i, mk, qm, _, _ in cases])
+    base = write_preds(tmp_path / "kl.jsonl", [(i, f"src {i} {mk}", f"baseline says q={qb}") for i, mk, _, qb, _ in cases])
+    out, cache = tmp_path / "pw" / "pairwise.jsonl", tmp_path / "cache"
+    s = pairwise_run(make_cfg(server), "xsum", method, base, out, cache)
+    recs = {r["id"]: r for r in read_jsonl(out)}
+    for i, _, qm, qb, combined in cases:
+        assert recs[i]["outcome"] == combined, recs[i]
+        assert recs[i]["baseline"] == "kl"
+    assert recs["b"]["ab"]["verdict"] == "A" and recs["b"]["ba"]["verdict"] == "A"
+    assert (recs["b"]["ab"]["outcome"], recs["b"]["ba"]["outcome"]) == ("win", "loss")
+    assert recs["x"]["valid"] is False and recs["x"]["ab"]["error"] == "unparseable reply"
+    assert (s["n_win"], s["n_tie"], s["n_loss"], s["n_invalid"]) == (2, 2, 1, 1)
+    assert s["win_rate"] == pytest.approx(0.4) and s["tie_rate"] == pytest.approx(0.4)
+
+    # both orders were really asked: for every example one prompt shows the method's output as A and
+    # the baseline's as B, and another one the reverse
+    shown = set()
+    for req in server.requests:
+        user = req["messages"][-1]["content"]
+        a = user.split("<output_a>")[1].split("</output_a>")[0]
+        b = user.split("<output_b>")[1].split("</output_b>")[0]
+        ex = user.split("<source>")[1].split("</source>")[0].split()[1]
+        shown.add((ex, "method" if "method" in a else "baseline", "method" if "method" in b else "baseline"))
+    for i, *_ in cases:
+        assert (i, "method", "baseline") in shown and (i, "baseline", "method") in shown
+
+    n = server.n_requests
+    s2 = pairwise_run(make_cfg(server), "xsum", method, base, out, cache)
+    assert server.n_requests == n and s2["this_run"]["api_requests"] == 0
+    assert assert_no_key_in(out.parent, cache) > 0
+
+
+def test_pairwise_rejects_missing_baseline_ids(tmp_path, key_env, server):
+    m = write_preds(tmp_path / "m.jsonl", [("a", "s", "x"), ("b", "s", "y")])
+    b = write_preds(tmp_path / "b.jsonl", [("a", "s", "x")])
+    with pytest.raises(ValueError, match="lacks"):
+        pairwise_run(make_cfg(server), "xsum", m, b, tmp_path / "o.jsonl", tmp_path / "c")
+    assert server.n_requests == 0
+
+
+# --------------------------------------------------------------------------- interruption
+
+def test_cancelled_run_keeps_finished_judgements(tmp_path, key_env):
+    preds = write_preds(tmp_path / "p.jsonl", [(f"e{i}", f"s{i}", f"q={1 + i}") for i in range(8)])
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    cfg = make_cfg(concurrency=2, timeout_s=20)
+    with FakeJudgeServer(hold_after=5) as srv:  # requests after the 5th hang until released
+        cfg["base_url"] = srv.base_url
+
+        async def interrupted():
+            task = asyncio.create_task(ascore_run(cfg, "xsum", preds, out, cache))
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if len(JudgeCache(cache)) >= 5 and srv.n_requests >= 7:
+                    break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(interrupted())
+        assert len(JudgeCache(cache)) == 5  # every finished judgement kept
+        assert not out.exists() and not summary_path(out).exists()  # no complete-looking output
+        srv.release()
+        n = srv.n_requests
+        s = score_run(cfg, "xsum", preds, out, cache)
+        assert s["this_run"] == {"api_requests": 3, "cache_hits": 5}
+        assert srv.n_requests == n + 3
+    assert all(r["valid"] for r in read_jsonl(out))
+
+
+def test_killed_process_keeps_finished_judgements(tmp_path, key_env):
+    preds = write_preds(tmp_path / "p.jsonl", [(f"e{i}", f"s{i}", f"q={1 + i}") for i in range(6)])
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    with FakeJudgeServer(hold_after=3) as srv:
+        cfg = make_cfg(srv, concurrency=1, timeout_s=20)
+        code = textwrap.dedent(f"""
+            import json, sys
+            from ketchup.judge.stages import score_run
+            score_run(json.loads(sys.argv[1]), "xsum", {str(preds)!r}, {str(out)!r}, {str(cache)!r})
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=dict(os.environ))
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and srv.n_requests < 4:
+                time.sleep(0.02)
+            assert srv.n_requests == 4  # 3 answered, the 4th hangs
+            time.sleep(0.1)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert len(JudgeCache(cache)) == 3 and not out.exists()
+        srv.release()
+        s = score_run(cfg, "xsum", preds, out, cache)
+        assert s["this_run"] == {"api_requests": 3, "cache_hits": 3}
+    assert assert_no_key_in(out.parent, cache) > 0
+
+
+# --------------------------------------------------------------------------- table and figure
+
+def test_judge_table_and_figure(tmp_path, key_env, server):
+    from ketchup.judge.figure import judge_figure
+
+    ids = [f"x{i}" for i in range(6)]
+    qual = {"kl": [4, 5, 6, 4, 5, 6], "ketchup": [7, 8, 6, 9, 7, 8]}
+    root = tmp_path / "results" / "judge"
+    cfg = make_cfg(server)
+    score_files, pair_files = [], []
+    for method, qs in qual.items():
+        for seed in (0, 1):
+            bad = method == "ketchup" and seed == 1  # x5 of this run always gets an unparseable reply
+            rows = [(i, f"src {i}" + (" [[ALWAYS_MALFORMED]]" if bad and i == "x5" else ""), f"{method} output q={q}")
+                    for i, q in zip(ids, qs)]
+            preds = write_preds(tmp_path / "preds" / method / f"seed{seed}.jsonl", rows)
+            run_dir = root / "xsum" / "t5-small" / method / f"seed{seed}"
+            score_run(cfg, "xsum", preds, run_dir / "scores.jsonl", tmp_path / "cache")
+            score_files.append(run_dir / "scores.jsonl")
+            if method != "kl":
+                pairwise_run(cfg, "xsum", preds, tmp_path / "preds" / "kl" / f"seed{seed}.jsonl",
+                             run_dir / "pairwise.jsonl", tmp_path / "cache")
+                pair_files.append(run_dir / "pairwise.jsonl")
+    assert parse_run_path(score_files[0]) == {"task": "xsum", "student": "t5-small", "method": "kl", "seed": 0}
+    with pytest.raises(ValueError, match="seed"):
+        parse_run_path(tmp_path / "scores.jsonl")
+
+    out_csv = tmp_path / "results" / "tables" / "llm_judge.csv"
+    # one file passed as a mapping instead of a parsed path
+    entries = [{"path": str(score_files[0]), "task": "xsum", "student": "t5-small", "method": "kl", "seed": 0}]
+    judge_table(entries + score_files[1:], pair_files, out_csv)
+    with open(out_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = {r["method"]: r for r in reader}
+        cols = reader.fieldnames
+    for c in ["task", "student", "method", "n_seeds", "n_invalid", "win_rate", "tie_rate", "loss_rate",
+              "prompt_tokens", "completion_tokens", "cost_usd", "baseline"] + [
+              f"{c}_{s}" for c in CRITERIA for s in ("mean", "ci_low", "ci_high")]:
+        assert c in cols
+    assert set(rows) == {"kl", "ketchup"}
+    k, b = rows["ketchup"], rows["kl"]
+    assert k["task"] == "xsum" and k["student"] == "t5-small" and k["n_seeds"] == "2" and k["seeds"] == "0;1"
+    # ketchup: 12 judgements, one unparseable (x5 of seed 1) -> mean over the 11 valid ones
+    valid_q = qual["ketchup"] * 2
+    valid_q = valid_q[:-1]
+    assert float(k["overall_mean"]) == pytest.approx(sum(valid_q) / 11)
+    assert float(b["overall_mean"]) == pytest.approx(5.0)
+    assert float(b["coherence_mean"]) == pytest.approx(6.0)
+    for r in (k, b):
+        for c in CRITERIA:
+            assert float(r[f"{c}_ci_low"]) <= float(r[f"{c}_mean"]) <= float(r[f"{c}_ci_high"])
+            assert 1 <= float(r[f"{c}_ci_low"]) and float(r[f"{c}_ci_high"]) <= 10
+    assert k["n_score_invalid"] == "1" and k["n_pair_invalid"] == "1" and k["n_invalid"] == "2"
+    assert b["n_invalid"] == "0"
+    # ketchup beats kl on every example except x2 (q 6 vs 6 -> tie); x5 of seed 1 is invalid
+    assert float(k["win_rate"]) == pytest.approx(9 / 11) and float(k["tie_rate"]) == pytest.approx(2 / 11)
+    assert float(k["loss_rate"]) == 0.0 and k["baseline"] == "kl" and k["n_pairs"] == "12"
+    assert b["win_rate"] == "" and b["n_pairs"] == "0"  # the baseline has no pairwise rows
+    files = [Path(f) for f in score_files + pair_files]
+    tok = sum(r["usage"]["prompt_tokens"] for f in files if "ketchup" in str(f) for r in read_jsonl(f))
+    assert int(k["prompt_tokens"]) == tok > 0
+    assert float(k["cost_usd"]) > float(b["cost_usd"]) > 0
+
+    pdf, png = tmp_path / "results" / "figures" / "llm_judge.pdf", tmp_path / "results" / "figures" / "llm_judge.png"
+    judge_figure(out_csv, pdf, png)
+    assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in pdf.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert assert_no_key_in(tmp_path / "results", tmp_path / "cache") > 10
