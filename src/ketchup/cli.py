@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="the tidy main table from metric files")
     p.add_argument("--task-k", type=_spec, required=True, help='{"task": K}')
     p.add_argument("--out", required=True)
+    p.add_argument("--teacher-check", default=None, help="also write teacher vs untrained student here")
     p.add_argument("metrics", nargs="+")
     return parser
 
@@ -99,7 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "table":
         from ketchup import tables
 
-        tables.write_csv(tables.main_table(args.metrics, args.task_k), args.out)
+        table = tables.main_table(args.metrics, args.task_k)
+        tables.write_csv(table, args.out)
+        if args.teacher_check:
+            check = tables.teacher_vs_untrained(table)
+            print(check.to_string(index=False))
+            tables.write_csv(check, args.teacher_check)
         return 0
     from ketchup import stages
 

@@ -59,3 +59,24 @@ def main_table(paths: list[str], task_k: dict[str, int]) -> pd.DataFrame:
 def write_csv(frame: pd.DataFrame, out: str) -> None:
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def teacher_vs_untrained(table: pd.DataFrame) -> pd.DataFrame:
+    """Per task and student size: the teacher's primary metric beside the untrained student's.
+
+    Distillation results mean nothing unless the teacher clearly beats a student that was never
+    trained; this table makes that visible for every run of the pipeline.
+    """
+    from ketchup.config import TASK_KINDS
+    from ketchup.metrics import PRIMARY
+
+    rows = []
+    for task in sorted(table["task"].unique()):
+        metric = PRIMARY[TASK_KINDS[task]]
+        sub = table[(table["task"] == task) & (table["metric"] == metric)]
+        teacher = sub[sub["method"] == "teacher"]["mean"]
+        for _, row in sub[sub["method"] == "prompted"].iterrows():
+            t = float(teacher.iloc[0]) if len(teacher) else float("nan")
+            rows.append({"task": task, "metric": metric, "student": row["student"], "teacher": t,
+                         "untrained_student": row["mean"], "margin": round(t - row["mean"], 4)})
+    return pd.DataFrame(rows, columns=["task", "metric", "student", "teacher", "untrained_student", "margin"])

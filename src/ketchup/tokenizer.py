@@ -1,7 +1,7 @@
 """Train a small BPE tokenizer on a task's data (default config), saved so transformers loads it.
 
-Metaspace pre-tokenisation makes decoding exactly invert encoding (spaces and newlines survive),
-and digits are split one by one so numbers are spelled digit by digit, as arithmetic needs.
+Metaspace pre-tokenisation makes decoding exactly invert encoding (spaces and newlines survive).
+Small numbers stay whole tokens, which lets a tiny model copy and add them in a few hundred steps.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(),
-        pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.Punctuation("isolated"),
     ])
     tok.decoder = decoders.Metaspace()

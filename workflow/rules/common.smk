@@ -18,8 +18,22 @@ try:
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
-# Every rule runs the package from this checkout, inside whichever environment runs Snakemake.
-KETCHUP = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python -m ketchup"
+
+
+def _python():
+    """The conda env's python under --sdm conda, else the interpreter running Snakemake itself."""
+    try:
+        from snakemake.settings.types import DeploymentMethod
+
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+            return "python"
+    except (ImportError, AttributeError):
+        return "python"
+    return sys.executable
+
+
+# Every rule runs the package from this checkout.
+KETCHUP = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ketchup"
 ARCH = config["architecture"]
 TASKS = list(config["tasks"])
 STUDENTS = list(config["students"])

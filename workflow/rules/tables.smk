@@ -6,7 +6,8 @@ rule main_table:
         teacher=expand("results/metrics/{task}/teacher.json", task=TASKS),
         students=student_metric_files(),
     output:
-        "results/tables/main.csv",
+        main="results/tables/main.csv",
+        check="results/tables/teacher_vs_untrained.csv",
     params:
         task_k=as_json({task: task_cfg(task).get("k", 1) for task in TASKS}),
     log:
@@ -16,4 +17,4 @@ rule main_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} table --task-k {params.task_k:q} --out {output} {input.teacher} {input.students} > {log} 2>&1"
+        "{KETCHUP} table --task-k {params.task_k:q} --out {output.main} --teacher-check {output.check} {input.teacher} {input.students} > {log} 2>&1"

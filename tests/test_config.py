@@ -1,0 +1,230 @@
+"""Config validation: the shipped configs pass, every kind of mistake fails naming its key,
+and a Snakemake dry run with a bad config stops before building any job."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from ketchup import config as kconfig
+from ketchup.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO_ROOT / "Snakefile"
+PAPER_CONFIGS = sorted((REPO_ROOT / "workflow" / "configs").glob("*.yaml"))
+
+
+def _raises(config: dict, *fragments: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        kconfig.validate(config)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# --- the shipped configs -------------------------------------------------------------------------
+
+
+def test_schema_is_a_valid_json_schema():
+    schema = yaml.safe_load(kconfig.SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_default_config_validates():
+    config = kconfig.load(REPO_ROOT / "config.yaml")
+    assert set(config["tasks"]) == {"xsum", "en_nl", "gsm8k"}
+    # The embedded default runs offline: every task is synthetic.
+    assert {t["source"] for t in config["tasks"].values()} == {"synthetic"}
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.name for p in PAPER_CONFIGS])
+def test_workflow_configs_validate(path):
+    # `--configfile FILE` replaces config.yaml whole, so each file must validate on its own.
+    config = kconfig.load(path)
+    assert config["tasks"]
+
+
+# --- schema violations name the offending key -----------------------------------------------------
+
+
+def test_unknown_top_level_key(default_config):
+    default_config["learning_rate"] = 0.1
+    _raises(default_config, "learning_rate")
+
+
+def test_unknown_nested_key(default_config):
+    default_config["tasks"]["xsum"]["foo"] = 1
+    _raises(default_config, "tasks.xsum.foo")
+
+
+def test_unknown_key_in_optim_block(default_config):
+    default_config["teacher"]["train"]["learning_rate"] = 0.1
+    _raises(default_config, "teacher.train.learning_rate")
+
+
+def test_wrong_type(default_config):
+    default_config["tasks"]["xsum"]["k"] = "two"
+    _raises(default_config, "tasks.xsum.k", "'two'")
+
+
+def test_out_of_range_value(default_config):
+    default_config["train"]["lr"] = 0
+    _raises(default_config, "train.lr")
+
+
+def test_unknown_task(default_config):
+    default_config["tasks"]["cnn"] = {"source": "synthetic"}
+    _raises(default_config, "tasks.cnn")
+
+
+def test_unknown_source(default_config):
+    default_config["tasks"]["gsm8k"]["source"] = "s3"
+    _raises(default_config, "tasks.gsm8k.source", "s3")
+
+
+def test_unknown_method(default_config):
+    default_config["methods"] = ["sft", "dpo"]
+    _raises(default_config, "methods", "dpo")
+
+
+def test_unknown_method_override(default_config):
+    default_config["method_overrides"] = {"dpo": {"lr": 1e-3}}
+    _raises(default_config, "method_overrides.dpo")
+
+
+def test_bad_student_name(default_config):
+    default_config["students"]["extra large"] = {"config": {"d_model": 8}}
+    _raises(default_config, "students.extra large")
+
+
+def test_student_without_config_or_name(default_config):
+    default_config["students"]["tiny"] = {}
+    _raises(default_config, "students.tiny")
+
+
+def test_student_with_both_config_and_name(default_config):
+    default_config["students"]["tiny"] = {"config": {"d_model": 8}, "name_or_path": "t5-small"}
+    _raises(default_config, "students.tiny")
+
+
+def test_missing_required_section(default_config):
+    del default_config["students"]
+    _raises(default_config, "students")
+
+
+def test_duplicate_seeds(default_config):
+    default_config["seeds"] = [0, 0]
+    _raises(default_config, "seeds")
+
+
+def test_every_error_is_listed(default_config):
+    default_config["tasks"]["xsum"]["k"] = "two"
+    default_config["methods"] = ["dpo"]
+    _raises(default_config, "tasks.xsum.k", "methods", "dpo")
+
+
+# --- cross-key rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["llmr", "llmr-mean", "ketchup"])
+def test_rl_methods_need_kl(default_config, method):
+    default_config["methods"] = ["sft", method]
+    _raises(default_config, "methods", "kl", method)
+    default_config["methods"] = ["sft", "kl", method]
+    kconfig.validate(default_config)
+
+
+def test_local_source_needs_path(default_config):
+    default_config["tasks"]["gsm8k"] = {"source": "local"}
+    _raises(default_config, "tasks.gsm8k.path")
+    default_config["tasks"]["gsm8k"]["path"] = "/data/gsm8k"
+    kconfig.validate(default_config)
+
+
+def test_pretrained_tokenizer_needs_a_name(default_config):
+    default_config["tokenizer"] = {"kind": "pretrained"}
+    _raises(default_config, "tokenizer.name_or_path")
+    default_config["tokenizer"]["name_or_path"] = "t5-small"
+    kconfig.validate(default_config)
+
+
+def test_trained_tokenizer_needs_models_from_config(default_config):
+    default_config["teacher"]["model"] = {"name_or_path": "t5-base"}
+    _raises(default_config, "tokenizer.kind")
+
+
+# --- load() ---------------------------------------------------------------------------------------
+
+
+def test_load_rejects_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("tasks: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        kconfig.load(path)
+
+
+def test_load_applies_overrides_then_validates(tmp_path):
+    path = REPO_ROOT / "config.yaml"
+    config = kconfig.load(path, overrides={"tasks": {"xsum": {"k": 3}}})
+    assert config["tasks"]["xsum"]["k"] == 3
+    assert config["tasks"]["xsum"]["source"] == "synthetic"  # deep merge keeps siblings
+    with pytest.raises(ConfigError, match=r"tasks\.xsum\.k"):
+        kconfig.load(path, overrides={"tasks": {"xsum": {"k": 0}}})
+
+
+def test_settings_precedence(default_config):
+    default_config["train"] = {"lr": 0.5, "batch_size": 4}
+    default_config["method_overrides"] = {"kl": {"lr": 0.25}}
+    kl = kconfig.optim_settings(default_config, "kl")
+    assert (kl["lr"], kl["batch_size"], kl["grad_accum"]) == (0.25, 4, kconfig.OPTIM_DEFAULTS["grad_accum"])
+    assert kconfig.optim_settings(default_config, "sft")["lr"] == 0.5
+    default_config["rl"] = {"clip": 5.0}
+    assert kconfig.rl_settings(default_config) == {**kconfig.RL_DEFAULTS, "clip": 5.0}
+
+
+# --- Snakemake stops at DAG build -----------------------------------------------------------------
+
+
+def _dry_run(configfile: Path, workdir: Path) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "snakemake", "results/tables/main.csv", "-n", "--cores", "1",
+           "-s", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(configfile)]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["tasks"]["xsum"].__setitem__("k", "two"), "tasks.xsum.k"),
+        (lambda c: c["tasks"].__setitem__("cnn", {"source": "synthetic"}), "tasks.cnn"),
+        (lambda c: c.__setitem__("methods", ["sft", "ketchup"]), "'kl'"),
+    ],
+    ids=["wrong-type", "unknown-task", "rl-without-kl"],
+)
+def test_snakemake_dry_run_rejects_bad_config(tmp_path, default_config, mutate, key):
+    mutate(default_config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(default_config))
+    workdir = tmp_path / "work"
+    proc = _dry_run(bad, workdir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert key in output, output
+    assert "Traceback" not in output, output  # a config error, not a crash
+    assert not (workdir / "results").exists()
+
+
+def test_snakemake_dry_run_accepts_default_config(tmp_path):
+    # Control for the test above: the same command with a good config builds the DAG.
+    workdir = tmp_path / "work"
+    proc = _dry_run(REPO_ROOT / "config.yaml", workdir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "main_table" in output
+    assert not (workdir / "results").exists()
