@@ -126,8 +126,12 @@ def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[st
     return settings
 
 
-def teacher_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {**OPTIM_DEFAULTS, **config["teacher"].get("train", {})}
+def teacher_settings(config: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    """Teacher optimiser settings (defaults < teacher.train < tasks[task].teacher_train)."""
+    settings = {**OPTIM_DEFAULTS, **config["teacher"].get("train", {})}
+    if task is not None:
+        settings.update(config["tasks"][task].get("teacher_train", {}))
+    return settings
 
 
 def rl_settings(config: dict[str, Any]) -> dict[str, Any]:

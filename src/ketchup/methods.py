@@ -74,7 +74,7 @@ class Objective:
             values = objectives.token_divergence(target_logits(student, self.arch, b), self._teacher_logits(b),
                                                  self.method, b.target_mask)
             n = float(b.target_mask.sum())
-            stats[f"{self.method}_{name}"] = float(values.sum()) / max(n, 1.0)
+            stats[f"{self.method}_{name}"] = float(values.detach().sum()) / max(n, 1.0)
             parts.append(values * (total / (2.0 * max(n, 1.0))))
             masks.append(b.target_mask)
         width = max(p.shape[1] for p in parts)

@@ -98,14 +98,16 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
     def evaluate_and_keep_best(step: int) -> None:
         score = float(evaluate(accelerator.unwrap_model(model)))
         log({"step": step, "dev_metric": score})
-        if score > state["best_score"]:
+        # The starting point is logged (training curves) but is no candidate: every method's
+        # result comes from its own updates, so an RL run cannot silently return its KL init.
+        if step > 0 and score > state["best_score"]:
             state.update(best_score=score, best_step=step)
             if accelerator.is_main_process:
                 with atomic_path(best) as tmp:
                     accelerator.unwrap_model(model).save_pretrained(tmp)
 
-    if state["step"] == 0 and not best.exists():
-        evaluate_and_keep_best(0)  # the starting point competes too (RL starts from the KL student)
+    if state["step"] == 0:
+        evaluate_and_keep_best(0)
 
     model.train()
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {run_info.get('name', '')}",

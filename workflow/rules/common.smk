@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig  # noqa: E402  (light import: no torch at DAG-build time)
+from ketchup import config as kconfig, jobenv  # noqa: E402  (light imports: no torch at DAG build)
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
@@ -18,22 +18,8 @@ try:
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
+jobenv.prepare(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
 
-
-def _python():
-    """The conda env's python under --sdm conda, else the interpreter running Snakemake itself."""
-    try:
-        from snakemake.settings.types import DeploymentMethod
-
-        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-            return "python"
-    except (ImportError, AttributeError):
-        return "python"
-    return sys.executable
-
-
-# Every rule runs the package from this checkout.
-KETCHUP = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ketchup"
 ARCH = config["architecture"]
 TASKS = list(config["tasks"])
 STUDENTS = list(config["students"])
@@ -49,6 +35,7 @@ wildcard_constraints:
     student="|".join(STUDENTS),
     split="train|dev|test",
     seed=r"\d+",
+    method=r"prompted|sft|seqkd|kl|js|tvd|llmr|llmr-mean|ketchup|ketchup-k\d+",
 
 
 def task_cfg(task):
@@ -72,7 +59,7 @@ def teacher_spec(wildcards):
             "arch": ARCH,
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "model": config["teacher"]["model"],
-            "train": kconfig.teacher_settings(config),
+            "train": kconfig.teacher_settings(config, wildcards.task),
             "generation": kconfig.generation_settings(config),
             "seed": DATA_SEED,
             "max_source_length": src_len,
@@ -81,19 +68,27 @@ def teacher_spec(wildcards):
     )
 
 
+def method_and_k(method, task):
+    """A run's objective and K: `ketchup-k{K}` is the K sweep, `ketchup` uses the task's K."""
+    if method.startswith("ketchup-k"):
+        return "ketchup", int(method[len("ketchup-k") :])
+    return method, task_cfg(task).get("k", 1)
+
+
 def student_spec(wildcards):
     src_len, tgt_len = lengths(wildcards.task)
+    method, k = method_and_k(wildcards.method, wildcards.task)
     return as_json(
         {
             "task": wildcards.task,
             "arch": ARCH,
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "student": wildcards.student,
-            "method": wildcards.method,
+            "method": method,
             "model": config["students"][wildcards.student],
-            "train": kconfig.optim_settings(config, wildcards.method),
+            "train": kconfig.optim_settings(config, method),
             "rl": kconfig.rl_settings(config),
-            "k": task_cfg(wildcards.task).get("k", 1),
+            "k": k,
             "generation": kconfig.generation_settings(config),
             "seed": int(wildcards.seed),
             "max_source_length": src_len,
@@ -110,3 +105,23 @@ def student_metric_files():
         method=METHODS,
         seed=SEEDS,
     )
+
+
+def tokenizer_source(wildcards):
+    """The trained tokenizer's directory, or the pretrained tokenizer's name / path."""
+    if config["tokenizer"]["kind"] == "train":
+        return f"results/tokenizer/{wildcards.task}"
+    return config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
+
+
+def tokenizer_input(wildcards):
+    return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
+
+
+RL_METHODS = ["llmr", "llmr-mean", "ketchup"]
+
+
+def student_init(wildcards):
+    if method_and_k(wildcards.method, wildcards.task)[0] in RL_METHODS:
+        return f"results/models/students/{wildcards.task}/{wildcards.student}/kl/seed{wildcards.seed}"
+    return []

@@ -15,4 +15,4 @@ rule data:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} data --task {wildcards.task} --spec {params.spec:q} --seed {params.seed} --out {params.outdir} > {log} 2>&1"
+        "python -m ketchup data --task {wildcards.task} --spec {params.spec:q} --seed {params.seed} --out {params.outdir} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule score_student:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"
 
 
 rule score_teacher:
@@ -28,4 +28,4 @@ rule score_teacher:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"

@@ -20,4 +20,4 @@ rule predict:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} --threads {threads} generate --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"
+        "python -m ketchup --threads {threads} generate --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"

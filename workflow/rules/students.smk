@@ -1,14 +1,6 @@
 # Students per task, size, method and seed, all through the one training loop. RL methods start
 # from the KL student of the same task, size and seed (a DAG edge).
 
-RL_METHODS = ["llmr", "llmr-mean", "ketchup"]
-
-
-def student_init(wildcards):
-    if wildcards.method in RL_METHODS:
-        return f"results/models/students/{wildcards.task}/{wildcards.student}/kl/seed{wildcards.seed}"
-    return []
-
 
 rule student:
     input:
@@ -32,4 +24,4 @@ rule student:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m ketchup --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

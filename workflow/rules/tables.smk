@@ -17,4 +17,4 @@ rule main_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} table --task-k {params.task_k:q} --out {output.main} --teacher-check {output.check} {input.teacher} {input.students} > {log} 2>&1"
+        "python -m ketchup table --task-k {params.task_k:q} --out {output.main} --teacher-check {output.check} {input.teacher} {input.students} > {log} 2>&1"

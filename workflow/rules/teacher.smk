@@ -2,17 +2,6 @@
 # checkpoint lives under results/checkpoints/, outside the declared output.
 
 
-def tokenizer_source(wildcards):
-    """The trained tokenizer's directory, or the pretrained tokenizer's name / path."""
-    if config["tokenizer"]["kind"] == "train":
-        return f"results/tokenizer/{wildcards.task}"
-    return config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
-
-
-def tokenizer_input(wildcards):
-    return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
-
-
 rule teacher:
     input:
         data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
@@ -32,4 +21,4 @@ rule teacher:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} --threads {threads} teacher --spec {params.spec:q} --data {params.datadir} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m ketchup --threads {threads} teacher --spec {params.spec:q} --data {params.datadir} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

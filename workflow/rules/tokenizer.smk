@@ -17,4 +17,4 @@ rule tokenizer:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "{KETCHUP} tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"
+        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"

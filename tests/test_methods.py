@@ -1,0 +1,131 @@
+"""The methods' wiring on tiny real models: alignment, masks, teacher isolation, the RL gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ketchup import objectives
+from ketchup.batching import generate, make_batch, mask_after_eos, target_logits
+from ketchup.config import RL_DEFAULTS
+from ketchup.methods import Objective
+from ketchup.models import build_model
+from ketchup.tokenizer import train_tokenizer
+
+ARCHS = {
+    "seq2seq": {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 4},
+    "decoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True},
+}
+SOURCES = ["The cat sits on the mat.", "Emma has 7 cookies and buys 18 more cookies today"]
+TARGETS = ["De kat zit op de mat.", "25"]
+METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = SOURCES + TARGETS + ["Emma has 7 + 18 = 25 cookies.", "De hond ziet een kat."]
+    return train_tokenizer(texts * 10, 120)
+
+
+def models(arch, tok):
+    return build_model(arch, {"config": ARCHS[arch]}, tok, seed=0), build_model(arch, {"config": ARCHS[arch]}, tok, seed=1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_does_not_change_target_logits(arch, tok):
+    student, _ = models(arch, tok)
+    batch = make_batch(tok, SOURCES, TARGETS, arch, 32, 16)
+    together = target_logits(student, arch, batch)
+    for i in range(len(SOURCES)):
+        alone_batch = make_batch(tok, SOURCES[i:i + 1], TARGETS[i:i + 1], arch, 32, 16)
+        alone = target_logits(student, arch, alone_batch)
+        n = int(alone_batch.target_mask.sum())
+        assert torch.allclose(together[i, :n], alone[0, :n], atol=1e-5)
+        assert n == int(batch.target_mask[i].sum())
+        assert batch.target_ids[i, n - 1] == tok.eos_token_id
+
+
+def test_mask_after_eos():
+    tokens = torch.tensor([[5, 6, 1, 0, 0], [5, 1, 7, 1, 0], [5, 6, 7, 8, 9]])
+    ids, mask = mask_after_eos(tokens, eos_id=1, pad_id=0)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert ids.tolist() == [[5, 6, 1, 0, 0], [5, 1, 0, 0, 0], [5, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_the_student_and_never_the_teacher(arch, method, tok):
+    student, teacher = models(arch, tok)
+    teacher.requires_grad_(False)
+    objective = Objective(method, arch, tok, teacher=teacher, max_new_tokens=8, rl=RL_DEFAULTS, k=2)
+    batch = make_batch(tok, SOURCES, TARGETS, arch, 32, 16)
+    torch.manual_seed(0)
+    per_token, mask, _ = objective.loss(student, objective.rollout(student, batch))
+    assert per_token.shape == mask.shape and torch.isfinite(per_token).all()
+    assert (per_token[mask == 0] == 0).all()
+    (per_token.sum() / mask.sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("kind", ["js", "tvd"])
+def test_two_source_divergence_weights_each_source_one_half(kind, tok):
+    student, teacher = models("seq2seq", tok)
+    objective = Objective(kind, "seq2seq", tok, teacher=teacher, max_new_tokens=6, rl=RL_DEFAULTS)
+    batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
+    torch.manual_seed(0)
+    batches = objective.rollout(student, batch)
+    per_token, mask, stats = objective.loss(student, batches)
+    expected = []
+    for b in batches.values():
+        values = objectives.token_divergence(target_logits(student, "seq2seq", b), target_logits(teacher, "seq2seq", b),
+                                             kind, b.target_mask)
+        expected.append(values.sum() / b.target_mask.sum())
+    assert float(per_token.detach().sum() / mask.sum()) == pytest.approx(float(sum(expected).detach() / 2), rel=1e-5)
+
+
+@pytest.mark.parametrize("method,k", [("llmr", 1), ("llmr-mean", 1), ("ketchup", 3)])
+def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, tok):
+    student, teacher = models("seq2seq", tok)
+    rl = {**RL_DEFAULTS, "rollout": "greedy", "token_weight": "one", "clip": 1e9}
+    objective = Objective(method, "seq2seq", tok, teacher=teacher, max_new_tokens=8, rl=rl, k=3)
+    batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
+    rollout = objective.rollout(student, batch)["student"]
+    assert torch.equal(rollout.target_ids, generate(student, "seq2seq", batch, tok, 8).target_ids)  # greedy
+    per_token, mask, stats = objective.loss(student, {"student": rollout})
+    q, v = objectives.induced_values(target_logits(teacher, "seq2seq", rollout), rollout.target_ids,
+                                     rollout.target_mask)
+    returns = objectives.kstep_returns(q, v, rollout.target_mask, k)
+    advantage = returns - (returns * mask).sum() / mask.sum() if method == "llmr-mean" else returns
+    logp = torch.log_softmax(target_logits(student, "seq2seq", rollout), -1).gather(
+        -1, rollout.target_ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(per_token, -(logp * advantage) * mask, atol=1e-4)
+    assert stats["mean_return"] == pytest.approx(float((returns * mask).sum() / mask.sum()), rel=1e-5)
+
+
+def test_policy_gradient_is_the_reinforce_estimator_on_a_tiny_model(tok):
+    """grad of the loss == -(1/N) sum_t A_t grad log pi(y_t | s_t), each term by its own backward pass."""
+    student, teacher = models("seq2seq", tok)
+    rl = {**RL_DEFAULTS, "rollout": "greedy", "token_weight": "one", "clip": 1e9}
+    objective = Objective("ketchup", "seq2seq", tok, teacher=teacher, max_new_tokens=6, rl=rl, k=2)
+    batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
+    rollout = objective.rollout(student, batch)
+    per_token, mask, _ = objective.loss(student, rollout)
+    (per_token.sum() / mask.sum()).backward()
+    loss_grad = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+
+    b = rollout["student"]
+    q, v = objectives.induced_values(target_logits(teacher, "seq2seq", b), b.target_ids, b.target_mask)
+    advantages = objectives.kstep_returns(q, v, b.target_mask, 2)
+    n = float(b.target_mask.sum())
+    reinforce = [torch.zeros_like(p) for p in student.parameters()]
+    for i, t in b.target_mask.nonzero().tolist():
+        logp = torch.log_softmax(target_logits(student, "seq2seq", b)[i, t], -1)[b.target_ids[i, t]]
+        grads = torch.autograd.grad(logp, list(student.parameters()), allow_unused=True)
+        for acc, g in zip(reinforce, grads):
+            if g is not None:
+                acc -= advantages[i, t] * g / n
+    for got, want in zip(loss_grad, reinforce):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
