@@ -444,3 +444,16 @@ def test_cli_data_rejects_a_spec_that_is_not_json(tmp_path):
     assert proc.returncode == 2
     assert "--spec" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_hub_drops_pairs_with_an_empty_side(fake_hub, tmp_path, caplog):
+    """Europarl has empty sentences; they are dropped (and counted in the log), not fatal."""
+    calls, data = fake_hub
+    rows = data[("Helsinki-NLP/europarl", "en-nl")]["train"]
+    rows[3]["translation"]["nl"] = ""
+    rows[10]["translation"]["en"] = "   "
+    with caplog.at_level("WARNING"):
+        got = _build_hub("en_nl", {"n_dev": 5, "n_test": 7}, 0, tmp_path / "a")
+    assert [len(got[s]) for s in SPLITS] == [46, 5, 7]
+    assert all(r["translation"]["en"].strip() and r["translation"]["nl"].strip() for s in SPLITS for r in got[s])
+    assert "dropped 2 of 60" in caplog.text

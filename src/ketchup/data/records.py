@@ -33,6 +33,12 @@ def _get(record: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def has_empty_field(task: str, record: Any) -> bool:
+    """True if a required field is an empty or blank string (parallel corpora have such pairs)."""
+    return isinstance(record, dict) and any(
+        isinstance(v, str) and not v.strip() for v in (_get(record, f) for f in SCHEMAS[TASK_KINDS[task]]))
+
+
 def check_record(task: str, record: Any, where: str) -> None:
     """Raise DataError naming ``where`` (file:line) if ``record`` does not fit the task's schema."""
     kind = TASK_KINDS[task]

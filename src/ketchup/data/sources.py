@@ -7,6 +7,7 @@ output behind.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ketchup.data import records, synthetic
 from ketchup.io import DataError, numbered_jsonl, write_jsonl
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 # Hub names and configs of the paper's datasets (DESIGN.md section 4), and their split names.
 HUB = {
@@ -55,25 +57,32 @@ def load_hub(task: str, spec: dict[str, Any], seed: int) -> dict[str, list[dict[
     config = spec.get("hub_config", default_config)
     loaded = datasets.load_dataset(name, config)
     sizes = _sizes(spec)
-    out: dict[str, list[dict[str, Any]]] = {}
-    pool = [dict(r) for r in loaded["train"]]
-    if split_names is None:  # europarl: one train split; fixed seeded dev/test subsets
+
+    def usable(hub_split: str) -> list[dict[str, Any]]:
+        recs = [dict(r) for r in loaded[hub_split]]
+        kept = [r for r in recs if not records.has_empty_field(task, r)]
+        if len(kept) < len(recs):
+            log.warning("hub:%s[%s]: dropped %d of %d records with an empty field", name, hub_split,
+                        len(recs) - len(kept), len(recs))
+        return kept
+
+    def carve(pool: list[dict[str, Any]], n_held: list[int]) -> list[list[dict[str, Any]]]:
+        """Seeded disjoint slices of ``pool`` of the given sizes, then the rest."""
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
-        n_dev, n_test = sizes["dev"] or 1000, sizes["test"] or 1000
-        picks = {"dev": order[:n_dev], "test": order[n_dev:n_dev + n_test], "train": order[n_dev + n_test:]}
-        out = {split: [pool[i] for i in idx] for split, idx in picks.items()}
+        bounds = [0]
+        for n in n_held:
+            bounds.append(bounds[-1] + n)
+        parts = [order[a:b] for a, b in zip(bounds, bounds[1:])] + [order[bounds[-1]:]]
+        return [[pool[i] for i in part] for part in parts]
+
+    if split_names is None:  # europarl: one train split; fixed seeded dev/test subsets
+        dev, test, train = carve(usable("train"), [sizes["dev"] or 1000, sizes["test"] or 1000])
+        out = {"train": train, "dev": dev, "test": test}
     else:
-        for split, hub_split in split_names.items():
-            if hub_split is None:  # gsm8k has no validation split: a seeded slice of train
-                continue
-            out[split] = [dict(r) for r in loaded[hub_split]]
-        if "dev" not in out:
-            order = list(range(len(pool)))
-            random.Random(seed).shuffle(order)
-            n_dev = sizes["dev"] or 500
-            out["dev"] = [pool[i] for i in order[:n_dev]]
-            out["train"] = [pool[i] for i in order[n_dev:]]
+        out = {split: usable(hub_split) for split, hub_split in split_names.items() if hub_split is not None}
+        if "dev" not in out:  # gsm8k has no validation split: a seeded slice of train
+            out["dev"], out["train"] = carve(out["train"], [sizes["dev"] or 500])
     for split, recs in out.items():
         for i, rec in enumerate(recs):
             records.check_record(task, rec, f"hub:{name}[{split}] record {i}")
