@@ -76,6 +76,15 @@ def _build_or_load(spec: dict[str, Any], model_spec: dict[str, Any], tok, where:
     return build_model(spec["arch"], model_spec, tok, seed=spec["seed"], where=where)
 
 
+def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
+    from ketchup.io import atomic_path
+
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / "train_summary.json", summary)
+
+
 def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
     """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
     from ketchup.methods import Objective
@@ -87,6 +96,9 @@ def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: s
     train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
     model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(_device())
+    if not spec.get("finetune", True):  # use the teacher as it is (e.g. an already fine-tuned checkpoint)
+        _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
+        return
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     train(model, tok, Objective("sft", arch, tok), TrainData([e["source"] for e in train_ex],
@@ -124,12 +136,7 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(_device())
     if method == "prompted":  # the student as it is, without distillation: saved untrained
-        from ketchup.io import atomic_path
-
-        with atomic_path(out_dir) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            write_json(tmp / "train_summary.json", {"steps": 0, "method": method})
+        _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
         return
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
     if TRAINS_ON[method] == "ground_truth":

@@ -59,6 +59,7 @@ def teacher_spec(wildcards):
             "arch": ARCH,
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "model": config["teacher"]["model"],
+            "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
             "generation": kconfig.generation_settings(config),
             "seed": DATA_SEED,

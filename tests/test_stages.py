@@ -1,0 +1,56 @@
+"""Stage functions called directly on tiny models saved to disk (as a hub checkpoint would be)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ketchup import stages
+from ketchup.config import GENERATION_DEFAULTS, OPTIM_DEFAULTS
+from ketchup.data import sources
+from ketchup.models import build_model, load_model
+from ketchup.tokenizer import train_tokenizer
+
+
+def _pretrained(tmp_path):
+    data = tmp_path / "data"
+    sources.build("en_nl", {"source": "synthetic", "n_train": 40, "n_dev": 8, "n_test": 8}, 0, data)
+    examples = sources.examples("en_nl", data / "train.jsonl")
+    tok = train_tokenizer([t for e in examples for t in (e["source"], e["target"])], 200)
+    model = build_model("seq2seq", {"config": {"d_model": 16, "d_kv": 4, "d_ff": 32, "num_layers": 1,
+                                               "num_decoder_layers": 1, "num_heads": 4}}, tok, seed=3)
+    path = tmp_path / "pretrained"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return data, path, model
+
+
+def _spec(path, **extra):
+    return {"task": "en_nl", "arch": "seq2seq", "prompt": "", "model": {"name_or_path": str(path)},
+            "train": {**OPTIM_DEFAULTS, "max_steps": 2, "batch_size": 8, "eval_every": 1, "dev_eval_examples": 4},
+            "generation": {**GENERATION_DEFAULTS, "max_new_tokens": 8}, "seed": 0,
+            "max_source_length": 32, "max_target_length": 16, **extra}
+
+
+def test_teacher_without_finetuning_is_the_loaded_checkpoint(tmp_path):
+    data, path, model = _pretrained(tmp_path)
+    out = tmp_path / "teacher"
+    stages.teacher(_spec(path, finetune=False), str(data), str(path), str(tmp_path / "ckpt"), str(out))
+    loaded = load_model("seq2seq", out)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 0
+
+
+def test_teacher_finetunes_a_checkpoint_loaded_by_path(tmp_path):
+    data, path, model = _pretrained(tmp_path)
+    out = tmp_path / "teacher"
+    stages.teacher(_spec(path), str(data), str(path), str(tmp_path / "ckpt"), str(out))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_step"] in (1, 2)
+    loaded = load_model("seq2seq", out)
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values())]
+    assert any(changed)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "dev_metric" in r] == [0, 1, 2]
