@@ -23,10 +23,10 @@ def write_config(path: Path, base: str | Path, **overrides) -> Path:
 
 def snakemake(workdir: Path, configfile: Path | None, *args: str, timeout: int = 600,
               env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(SNAKEMAKE), "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
-    if configfile is not None:
+    cmd = [str(SNAKEMAKE), "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    if configfile is not None:  # last: --configfile takes several values and would swallow targets
         cmd += ["--configfile", str(configfile)]
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results" / "logs").rglob("*.log")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ketchup import stages
@@ -54,3 +55,22 @@ def test_teacher_finetunes_a_checkpoint_loaded_by_path(tmp_path):
     assert any(changed)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     assert [r["step"] for r in rows if "dev_metric" in r] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("arch", ["seq2seq", "decoder"])
+def test_trained_tokenizer_round_trips_beside_a_model_config(arch, tmp_path):
+    """Saved next to a model's config.json, the trained tokenizer must still encode and decode the same."""
+    from ketchup.models import load_tokenizer
+
+    text = "Gisteren zag de hond 12 katten.\\n#### 12"
+    tok = train_tokenizer([text, "De kat zit op de mat."] * 5, 120)
+    config = {"seq2seq": {"d_model": 16, "d_kv": 4, "d_ff": 32, "num_layers": 1, "num_decoder_layers": 1,
+                          "num_heads": 4},
+              "decoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                          "num_attention_heads": 4, "num_key_value_heads": 2}}[arch]
+    build_model(arch, {"config": config}, tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    ids = loaded(text, add_special_tokens=False).input_ids
+    assert ids == tok(text, add_special_tokens=False).input_ids
+    assert loaded.decode(ids) == text

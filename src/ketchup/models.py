@@ -6,14 +6,17 @@ architecture of the paper's Qwen1.5 setting).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel,
-                          Qwen2Config, T5Config)
+                          PreTrainedTokenizerFast, Qwen2Config, T5Config)
 
 CONFIG_CLASSES = {"seq2seq": T5Config, "decoder": Qwen2Config}
 AUTO_CLASSES = {"seq2seq": AutoModelForSeq2SeqLM, "decoder": AutoModelForCausalLM}
+GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
 def _check_config_keys(arch: str, config: dict[str, Any], where: str) -> None:
@@ -47,7 +50,17 @@ def load_model(arch: str, path: str, dtype: torch.dtype | None = None) -> PreTra
 
 
 def load_tokenizer(path: str):
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    """The tokenizer saved at ``path`` (or a hub name).
+
+    A tokenizer trained by this project is loaded as the generic fast tokenizer it was saved as:
+    next to a model's config.json, AutoTokenizer would pick that model type's class (Qwen2's
+    byte-level one, say), which encodes and decodes the same vocabulary differently.
+    """
+    saved = Path(path) / "tokenizer_config.json"
+    if saved.exists() and json.loads(saved.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:  # decoder-only tokenizers often lack one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

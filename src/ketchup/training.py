@@ -8,6 +8,7 @@ with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -46,6 +47,7 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=2)
 def _micro_batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Seeded shuffle for one epoch; recomputable, so a resumed run sees the same order."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
