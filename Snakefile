@@ -1,6 +1,7 @@
 # KETCHUP: K-step return estimation for sequential knowledge distillation.
 # The data flows top to bottom through the rule files below; every rule calls one `python -m ketchup`
-# stage. Targets: results/tables/main.csv (the paper's main table), or `all`.
+# stage. Targets: results/tables/main.csv (the paper's main table), or `all` (main table, analyses,
+# figures: workflow/rules/analysis.smk, figures.smk).
 
 from snakemake.utils import min_version
 
@@ -17,6 +18,7 @@ include: "workflow/rules/students.smk"
 include: "workflow/rules/predictions.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/judge.smk"
 
 
 rule all:

@@ -71,6 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--teacher-check", default=None, help="also write teacher vs untrained student here")
     p.add_argument("metrics", nargs="+")
+
+    # LLM judge (ketchup.judge); the settings are the config's judge block, the key comes from the
+    # environment variable it names and is never an argument.
+    p = sub.add_parser("judge-score", help="LLM-judge 1-10 scores of a sample of one run's predictions")
+    p.add_argument("--task", required=True)
+    p.add_argument("--spec", type=_spec, required=True, help="the config's judge block (JSON)")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
+    p.add_argument("--out", required=True, help="scores.jsonl (a .summary.json is written beside it)")
+
+    p = sub.add_parser("judge-pairwise", help="LLM-judge verdicts of one run against the baseline, both orders")
+    p.add_argument("--task", required=True)
+    p.add_argument("--spec", type=_spec, required=True, help="the config's judge block (JSON)")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--baseline-predictions", required=True)
+    p.add_argument("--baseline", default=None, help="baseline method name to record (default judge.baseline)")
+    p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
+    p.add_argument("--out", required=True, help="pairwise.jsonl (a .summary.json is written beside it)")
+
+    p = sub.add_parser("judge-table", help="llm_judge.csv from per-run judge files (.../{task}/{student}/{method}/seed{seed}/)")
+    p.add_argument("--scores", nargs="*", default=[])
+    p.add_argument("--pairwise", nargs="*", default=[])
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("judge-figure", help="draw llm_judge.csv to a PDF and a PNG")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--pdf", required=True)
+    p.add_argument("--png", required=True)
     return parser
 
 
@@ -92,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.stage.startswith("judge-"):
+        return _judge(args)
     if args.stage == "score":
         from ketchup.scoring import score
 
@@ -121,6 +151,40 @@ def _run(args: argparse.Namespace) -> int:
     elif args.stage == "student":
         stages.student(args.spec, args.data, args.teacher_outputs, args.teacher, args.init, args.checkpoints,
                        args.out)
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    """The LLM-judge stages; no torch import. HTTP client logs are kept at WARNING (after the
+    import, which may apply OPENAI_LOG): one line per request is noise, and never the key."""
+    from ketchup.judge.config import JudgeAPIError, JudgeConfigError
+
+    if args.stage in ("judge-score", "judge-pairwise"):
+        import ketchup.judge.stages  # noqa: F401  (imports openai)
+
+        for name in ("openai", "httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        if args.stage == "judge-score":
+            from ketchup.judge.stages import score_run
+
+            score_run(args.spec, args.task, args.predictions, args.out, args.cache_dir)
+        elif args.stage == "judge-pairwise":
+            from ketchup.judge.stages import pairwise_run
+
+            pairwise_run(args.spec, args.task, args.predictions, args.baseline_predictions, args.out,
+                         args.cache_dir, baseline=args.baseline)
+        elif args.stage == "judge-table":
+            from ketchup.judge.stages import judge_table
+
+            judge_table(args.scores, args.pairwise, args.out)
+        elif args.stage == "judge-figure":
+            from ketchup.judge.figure import judge_figure
+
+            judge_figure(args.csv, args.pdf, args.png)
+    except (JudgeConfigError, JudgeAPIError) as exc:
+        print(f"ketchup {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

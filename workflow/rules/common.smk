@@ -126,3 +126,65 @@ def student_init(wildcards):
     if method_and_k(wildcards.method, wildcards.task)[0] in RL_METHODS:
         return f"results/models/students/{wildcards.task}/{wildcards.student}/kl/seed{wildcards.seed}"
     return []
+
+
+# LLM judge (workflow/rules/judge.smk): its config block, the check that stops the DAG build when a
+# judge target is asked for while the judge is off or has no key, and the judge rules' inputs.
+
+import re  # noqa: E402
+
+from ketchup import judge as kjudge  # noqa: E402  (light import: no openai at DAG-build time)
+
+JUDGE = config.get("judge", {})
+JUDGE_SPEC = as_json(JUDGE)
+JUDGE_BASELINE = JUDGE.get("baseline", kjudge.JudgeConfig.baseline)
+JUDGE_CACHE = "results/judge/cache"
+JUDGE_PROMPTS = Path(workflow.basedir) / "src" / "ketchup" / "judge" / "prompts"
+JUDGE_METHOD = "|".join(re.escape(m) for m in METHODS)
+
+
+def judge_ready(wildcards=None):
+    """Stop the DAG build (before any job starts) unless the judge can run; says how to enable it.
+
+    Called by the judge rules' input functions, which Snakemake evaluates while building the DAG:
+    asking for any judge output while the judge is off, or without the key, fails there.
+    """
+    try:
+        kjudge.check_enabled(JUDGE)
+    except kjudge.JudgeConfigError as exc:
+        raise WorkflowError(str(exc))
+    if JUDGE_BASELINE not in METHODS:
+        raise WorkflowError(
+            f"config key 'judge.baseline': {JUDGE_BASELINE!r} is not one of the configured methods "
+            f"{METHODS}; set judge.baseline to one of them (the method every other one is compared with)."
+        )
+    return []
+
+
+def judged_predictions(wildcards):
+    judge_ready()
+    return f"results/predictions/{wildcards.task}/{wildcards.student}/{wildcards.method}/seed{wildcards.seed}.jsonl"
+
+
+def baseline_predictions(wildcards):
+    judge_ready()
+    if wildcards.method == JUDGE_BASELINE:
+        raise WorkflowError(
+            f"judge_pairwise: {wildcards.method!r} is judge.baseline; it is not compared with itself"
+        )
+    return f"results/predictions/{wildcards.task}/{wildcards.student}/{JUDGE_BASELINE}/seed{wildcards.seed}.jsonl"
+
+
+def judge_table_inputs(wildcards):
+    judge_ready()
+    runs = "results/judge/{task}/{student}/{method}/seed{seed}"
+    return {
+        "scores": expand(f"{runs}/scores.jsonl", task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
+        "pairwise": expand(
+            f"{runs}/pairwise.jsonl",
+            task=TASKS,
+            student=STUDENTS,
+            method=[m for m in METHODS if m != JUDGE_BASELINE],
+            seed=SEEDS,
+        ),
+    }

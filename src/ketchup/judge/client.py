@@ -79,6 +79,7 @@ class JudgeClient:
         )
         self.cache = cache
         self._sem = asyncio.Semaphore(self.cfg.concurrency)
+        self._key_locks: dict[str, asyncio.Lock] = {}  # identical requests in flight: asked once
         self.n_requests = 0  # HTTP requests made
         self.n_cache_hits = 0
 
@@ -111,30 +112,33 @@ class JudgeClient:
         c = self.cfg
         messages = [dict(m) for m in messages]
         key = cache_key(c.model, messages, c.temperature, c.max_tokens, template_version)
-        if self.cache is not None:
-            entry = self.cache.get(key)
-            if entry is not None:
-                self.n_cache_hits += 1
-                reply = entry.get("reply")
-                parsed = parse(reply) if reply is not None else None
-                usage = entry.get("usage") or {}
-                pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-                return Judgement(
-                    key=key, valid=parsed is not None, parsed=parsed, reply=reply,
-                    error=None if parsed is not None else (entry.get("error") or "unparseable reply"),
-                    attempts=int(entry.get("attempts", 0)), prompt_tokens=pt, completion_tokens=ct,
-                    cost_usd=c.cost(pt, ct), cached=True,
-                )
-        async with self._sem:
-            j = await self._request(key, messages, parse)
-        if self.cache is not None and j.cacheable:
-            self.cache.put(key, {
-                "kind": kind, "model": c.model, "template_version": template_version,
-                "temperature": c.temperature, "max_tokens": c.max_tokens,
-                "reply": j.reply, "valid": j.valid, "error": j.error, "attempts": j.attempts,
-                "usage": j.usage, "created": round(time.time(), 3),
-            })
-        return j
+        # The same messages asked twice at once (e.g. both orders of a pair whose outputs are
+        # equal) make one request: the second waits and then reads the first one's cache entry.
+        async with self._key_locks.setdefault(key, asyncio.Lock()):
+            if self.cache is not None:
+                entry = self.cache.get(key)
+                if entry is not None:
+                    self.n_cache_hits += 1
+                    reply = entry.get("reply")
+                    parsed = parse(reply) if reply is not None else None
+                    usage = entry.get("usage") or {}
+                    pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+                    return Judgement(
+                        key=key, valid=parsed is not None, parsed=parsed, reply=reply,
+                        error=None if parsed is not None else (entry.get("error") or "unparseable reply"),
+                        attempts=int(entry.get("attempts", 0)), prompt_tokens=pt, completion_tokens=ct,
+                        cost_usd=c.cost(pt, ct), cached=True,
+                    )
+            async with self._sem:
+                j = await self._request(key, messages, parse)
+            if self.cache is not None and j.cacheable:
+                self.cache.put(key, {
+                    "kind": kind, "model": c.model, "template_version": template_version,
+                    "temperature": c.temperature, "max_tokens": c.max_tokens,
+                    "reply": j.reply, "valid": j.valid, "error": j.error, "attempts": j.attempts,
+                    "usage": j.usage, "created": round(time.time(), 3),
+                })
+            return j
 
     async def _request(self, key: str, messages: list[dict], parse: Callable[[str | None], Any]) -> Judgement:
         c = self.cfg

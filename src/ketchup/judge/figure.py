@@ -15,6 +15,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ._io import default_file_mode
+
 
 def _num(v: str | None) -> float:
     try:
@@ -30,6 +32,7 @@ def _save_atomic(fig: Figure, path: str | os.PathLike, fmt: str) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
