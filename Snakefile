@@ -18,10 +18,15 @@ include: "workflow/rules/students.smk"
 include: "workflow/rules/predictions.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/analysis_common.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/judge.smk"
 
 
 rule all:
     input:
         "results/tables/main.csv",
+        ANALYSIS_TABLES,
+        ANALYSIS_FIGURES,
     default_target: True

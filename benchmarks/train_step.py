@@ -40,7 +40,8 @@ def main() -> None:
     cfg = kconfig.load(args.config)
     task, spec = args.task, cfg["tasks"][args.task]
     arch, settings = cfg["architecture"], kconfig.optim_settings(cfg)
-    examples = [records.to_example(task, r, spec.get("prompt", "")) for r in synthetic.generate(task, "train", 512, 0)]
+    examples = [records.to_example(task, {"id": str(i), **r}, spec.get("prompt", ""))
+                for i, r in enumerate(synthetic.generate(task, "train", 512, 0))]
     tok = train_tokenizer([t for e in examples for t in (e["source"], e["target"])], cfg["tokenizer"].get("vocab_size", 600))
     teacher = build_model(arch, cfg["teacher"]["model"], tok, seed=0).eval().requires_grad_(False)
     src_len, tgt_len = spec.get("max_source_length", 128), spec.get("max_target_length", 64)

@@ -134,7 +134,7 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
             per_token, mask, stats = objective.loss(model, mb)
             loss = per_token.sum() / tokens.clamp(min=1.0) * world  # DDP averages over processes
             accelerator.backward(loss)
-            loss_total += float(loss) / world
+            loss_total += float(loss.detach()) / world
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v / accum
         grad_norm = None

@@ -88,7 +88,8 @@ def student_spec(wildcards):
             "method": method,
             "model": config["students"][wildcards.student],
             "train": kconfig.optim_settings(config, method),
-            "rl": kconfig.rl_settings(config),
+            # k_sweep only decides which students exist; as a param it would retrain them all.
+            "rl": {k: v for k, v in kconfig.rl_settings(config).items() if k != "k_sweep"},
             "k": k,
             "generation": kconfig.generation_settings(config),
             "seed": int(wildcards.seed),

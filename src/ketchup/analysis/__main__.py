@@ -1,0 +1,193 @@
+"""``python -m ketchup.analysis <command> ...``: the analyses, tables and figures (one command per rule).
+
+Each command reads pipeline outputs named on its command line and writes its target atomically;
+specs are JSON objects given inline (or as @path), built by workflow/rules/analysis*.smk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _spec(text: str) -> dict:
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            return json.load(handle)
+    return json.loads(text)
+
+
+def _figure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", required=True, help="the tidy table the figure draws")
+    p.add_argument("--pdf", required=True)
+    p.add_argument("--png", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ketchup.analysis", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("grad-variance", help="policy-gradient variance per K at one KL student (JSON)")
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--student", required=True, help="the KL student's model directory")
+    p.add_argument("--teacher", required=True, help="the teacher's model directory")
+    p.add_argument("--train-outputs", required=True, help="results/teacher_outputs/{task}/train.jsonl")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("grad-variance-table", help="grad_variance.csv from per-run JSON files")
+    p.add_argument("--out", required=True)
+    p.add_argument("runs", nargs="+")
+
+    p = sub.add_parser("grad-variance-figure", help="draw grad_variance.csv")
+    _figure_args(p)
+
+    p = sub.add_parser("k-sweep-table", help="k_sweep.csv from metric files")
+    p.add_argument("--spec", type=_spec, required=True, help='{"sweep": {task: {K: run}}, "task_k": {task: K}}')
+    p.add_argument("--out", required=True)
+    p.add_argument("metrics", nargs="+")
+
+    p = sub.add_parser("k-sweep-figure", help="draw k_sweep.csv")
+    _figure_args(p)
+
+    p = sub.add_parser("lengths", help="length_by_k.csv from the sweep's predictions")
+    p.add_argument("--spec", type=_spec, required=True, help='{"sweep": {task: {K: run}}}')
+    p.add_argument("--models", nargs="+", required=True, help="the runs' model directories (tokenizers)")
+    p.add_argument("--predictions", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("student-size-table", help="student_size.csv: main.csv beside parameter counts")
+    p.add_argument("--main", required=True)
+    p.add_argument("--spec", type=_spec, required=True,
+                   help='{"models": {"task/student": dir}, "teachers": {task: dir}}')
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("student-size-figure", help="draw student_size.csv")
+    _figure_args(p)
+
+    p = sub.add_parser("training-curves", help="training curves (csv, pdf, png) from model directories")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--pdf", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("models", nargs="+")
+
+    p = sub.add_parser("main-tables", help="main.md and main.tex from main.csv")
+    p.add_argument("--main", required=True)
+    p.add_argument("--spec", type=_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
+    p.add_argument("--md", required=True)
+    p.add_argument("--tex", required=True)
+
+    p = sub.add_parser("significance", help="paired bootstrap against kl and llmr (significance.csv)")
+    p.add_argument("--spec", type=_spec, required=True,
+                   help='{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
+    p.add_argument("--out", required=True)
+    p.add_argument("metrics", nargs="+")
+
+    p = sub.add_parser("paper-comparison", help="paper_comparison.csv: main.csv beside the paper's numbers")
+    p.add_argument("--main", required=True)
+    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from ketchup.io import DataError
+
+    try:
+        _run(args)
+    except (DataError, ValueError) as exc:
+        print(f"ketchup.analysis {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _figure(name: str, csv: str, pdf: str, png: str) -> None:
+    import pandas as pd
+
+    from ketchup.analysis import figures
+
+    fig = getattr(figures, name)(pd.read_csv(csv))
+    figures.save(fig, pdf, png)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ketchup.analysis.common import write_csv, write_text
+
+    cmd = args.command
+    if cmd == "grad-variance":
+        from ketchup.analysis import grad_variance
+
+        result = grad_variance.run(args.spec, args.student, args.teacher, args.train_outputs, args.out)
+        for r in result["rows"]:
+            print(f"K={r['k']}: trace_cov={r['trace_cov']:.6g} [{r['trace_ci_low']:.6g}, {r['trace_ci_high']:.6g}] "
+                  f"relative={r['relative_variance']:.4f} mean_norm={r['mean_grad_norm']:.6g}")
+    elif cmd == "grad-variance-table":
+        from ketchup.analysis import grad_variance
+
+        write_csv(grad_variance.table(args.runs), args.out)
+    elif cmd == "grad-variance-figure":
+        _figure("grad_variance_figure", args.csv, args.pdf, args.png)
+    elif cmd == "k-sweep-table":
+        from ketchup.analysis import ksweep
+
+        frame = ksweep.k_sweep_table(args.metrics, args.spec["sweep"], args.spec.get("task_k", {}))
+        print(frame.to_string(index=False))
+        write_csv(frame, args.out)
+    elif cmd == "k-sweep-figure":
+        _figure("k_sweep_figure", args.csv, args.pdf, args.png)
+    elif cmd == "lengths":
+        from ketchup.analysis import lengths
+
+        frame = lengths.length_table(args.predictions, args.models, args.spec["sweep"])
+        print(frame.to_string(index=False))
+        write_csv(frame, args.out)
+    elif cmd == "student-size-table":
+        from ketchup.analysis import sizes
+
+        models = {tuple(key.split("/", 1)): path for key, path in args.spec["models"].items()}
+        write_csv(sizes.size_table(args.main, models, args.spec.get("teachers")), args.out)
+    elif cmd == "student-size-figure":
+        _figure("student_size_figure", args.csv, args.pdf, args.png)
+    elif cmd == "training-curves":
+        from ketchup.analysis import curves, figures
+
+        frame = curves.read_curves(args.models)
+        write_csv(frame, args.csv)
+        figures.save(figures.training_curves_figure(frame), args.pdf, args.png)
+    elif cmd == "main-tables":
+        import pandas as pd
+
+        from ketchup.analysis import tables_paper
+
+        main_ = pd.read_csv(args.main)
+        tasks, students = args.spec.get("tasks"), args.spec.get("students")
+        md = tables_paper.markdown(main_, tasks, students)
+        print(md)
+        write_text(md, args.md)
+        write_text(tables_paper.latex(main_, tasks, students), args.tex)
+    elif cmd == "significance":
+        from ketchup.analysis import significance
+
+        s = args.spec
+        frame = significance.significance_table(args.metrics, s.get("baselines", ["kl", "llmr"]),
+                                                s.get("resamples", 1000), s.get("seed", 0), s.get("confidence", 0.95))
+        print(frame.to_string(index=False))
+        write_csv(frame, args.out)
+    elif cmd == "paper-comparison":
+        from ketchup.analysis import paper
+
+        frame = paper.comparison(args.main, args.spec)
+        print(frame.to_string(index=False))
+        write_csv(frame, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

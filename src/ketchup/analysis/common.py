@@ -1,0 +1,61 @@
+"""Small shared helpers of the analyses: run paths, primary metrics, display names, atomic writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ketchup.config import TASK_KINDS
+
+# ketchup.metrics.PRIMARY, copied so that table jobs do not import the metric libraries (nltk: ~1.5 s);
+# tests/test_analysis.py checks that the two agree.
+PRIMARY = {"summarization": "rouge1", "translation": "bleu", "arithmetic": "accuracy"}
+
+# results/models/students/{task}/{student}/{method}/seed{seed}
+MODEL_PATTERN = re.compile(r"students/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/?$")
+# results/predictions/{task}/{student}/{method}/seed{seed}.jsonl
+PREDICTION_PATTERN = re.compile(
+    r"predictions/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)\.jsonl$")
+
+METHOD_ORDER = ["teacher", "prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
+METHOD_NAMES = {"teacher": "Teacher", "prompted": "Prompted student", "sft": "SFT", "seqkd": "SeqKD",
+                "kl": "KL", "js": "JS", "tvd": "TVD", "llmr": "LLMR", "llmr-mean": "LLMR + mean baseline",
+                "ketchup": "KETCHUP"}
+TASK_NAMES = {"xsum": "XSum", "en_nl": "EN-NL", "gsm8k": "GSM8K"}
+METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF",
+                "accuracy": "accuracy"}
+# Axis labels with units (every metric is on the 0-100 scale, see ketchup.metrics).
+METRIC_AXIS = {"rouge1": "ROUGE-1 F1 (x100)", "rouge2": "ROUGE-2 F1 (x100)", "rougeL": "ROUGE-L F1 (x100)",
+               "bleu": "BLEU (0-100)", "chrf": "chrF (0-100)", "accuracy": "accuracy (%)"}
+
+
+def primary_metric(task: str) -> str:
+    return PRIMARY[TASK_KINDS[task]]
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key: the paper's row order, unknown methods (e.g. ketchup-k4) after, by name."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def parse_path(path: str | Path, pattern: re.Pattern) -> dict[str, Any]:
+    posix = Path(path).as_posix().rstrip("/")
+    match = pattern.search(posix)
+    if not match:
+        raise ValueError(f"{path}: does not match {pattern.pattern}")
+    return {**match.groupdict(), "seed": int(match["seed"])}
+
+
+def write_csv(frame, out: str | Path) -> None:
+    from ketchup.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_text(text: str, out: str | Path) -> None:
+    from ketchup.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")

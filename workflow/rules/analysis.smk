@@ -1,0 +1,145 @@
+# Analyses beyond the main table: K sweep, policy-gradient variance, output lengths, significance,
+# the main table in the paper's layout and beside the paper's numbers. Helpers: analysis_common.smk.
+
+
+rule k_sweep_table:
+    input:
+        sweep_files("results/metrics/{task}/{student}/{method}/seed{seed}.json"),
+    output:
+        report("results/tables/k_sweep.csv", caption="../report/k_sweep_table.rst", category="Tables"),
+    params:
+        spec=sweep_spec(),
+    log:
+        "results/logs/analysis/k_sweep_table.log",
+    benchmark:
+        "results/benchmarks/analysis/k_sweep_table.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis k-sweep-table --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+
+
+rule grad_variance:
+    input:
+        student="results/models/students/{task}/{student}/kl/seed{seed}",
+        teacher="results/models/teacher/{task}",
+        train_outputs="results/teacher_outputs/{task}/train.jsonl",
+    output:
+        "results/analysis/grad_variance/{task}/{student}/seed{seed}.json",
+    params:
+        spec=grad_variance_spec,
+    log:
+        "results/logs/analysis/grad_variance/{task}/{student}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/analysis/grad_variance/{task}/{student}/seed{seed}.tsv"
+    threads: 1
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis --threads {threads} grad-variance --spec {params.spec:q} --student {input.student} --teacher {input.teacher} --train-outputs {input.train_outputs} --out {output} > {log} 2>&1"
+
+
+rule grad_variance_table:
+    input:
+        grad_variance_files(),
+    output:
+        report("results/tables/grad_variance.csv", caption="../report/grad_variance_table.rst", category="Tables"),
+    log:
+        "results/logs/analysis/grad_variance_table.log",
+    benchmark:
+        "results/benchmarks/analysis/grad_variance_table.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis grad-variance-table --out {output} {input} > {log} 2>&1"
+
+
+rule length_by_k:
+    input:
+        predictions=sweep_files("results/predictions/{task}/{student}/{method}/seed{seed}.jsonl", runs_only=True),
+        models=sweep_files("results/models/students/{task}/{student}/{method}/seed{seed}", runs_only=True),
+    output:
+        report("results/tables/length_by_k.csv", caption="../report/length_by_k.rst", category="Tables"),
+    params:
+        spec=sweep_spec(),
+    log:
+        "results/logs/analysis/length_by_k.log",
+    benchmark:
+        "results/benchmarks/analysis/length_by_k.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis lengths --spec {params.spec:q} --models {input.models} --predictions {input.predictions} --out {output} > {log} 2>&1"
+
+
+rule significance:
+    input:
+        teacher=expand("results/metrics/{task}/teacher.json", task=TASKS),
+        students=student_metric_files(),
+    output:
+        report("results/tables/significance.csv", caption="../report/significance.rst", category="Tables"),
+    params:
+        spec=significance_spec(),
+    log:
+        "results/logs/analysis/significance.log",
+    benchmark:
+        "results/benchmarks/analysis/significance.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis significance --spec {params.spec:q} --out {output} {input.teacher} {input.students} > {log} 2>&1"
+
+
+rule main_table_paper_layout:
+    input:
+        "results/tables/main.csv",
+    output:
+        md=report("results/tables/main.md", caption="../report/main_table.rst", category="Tables"),
+        tex="results/tables/main.tex",
+    params:
+        spec=as_json({"tasks": TASKS, "students": STUDENTS}),
+    log:
+        "results/logs/analysis/main_table_paper_layout.log",
+    benchmark:
+        "results/benchmarks/analysis/main_table_paper_layout.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis main-tables --main {input} --spec {params.spec:q} --md {output.md} --tex {output.tex} > {log} 2>&1"
+
+
+rule paper_comparison:
+    input:
+        main="results/tables/main.csv",
+        numbers=str(SRC / "ketchup" / "analysis" / "paper_numbers.csv"),
+    output:
+        report("results/tables/paper_comparison.csv", caption="../report/paper_comparison.rst", category="Tables"),
+    params:
+        spec=paper_spec(),
+    log:
+        "results/logs/analysis/paper_comparison.log",
+    benchmark:
+        "results/benchmarks/analysis/paper_comparison.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis paper-comparison --main {input.main} --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule student_size_table:
+    input:
+        main="results/tables/main.csv",
+        models=list(size_models().values()),
+        teachers=expand("results/models/teacher/{task}", task=TASKS),
+    output:
+        "results/tables/student_size.csv",
+    params:
+        spec=size_spec(),
+    log:
+        "results/logs/analysis/student_size_table.log",
+    benchmark:
+        "results/benchmarks/analysis/student_size_table.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis student-size-table --main {input.main} --spec {params.spec:q} --out {output} > {log} 2>&1"
