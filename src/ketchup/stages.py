@@ -28,11 +28,11 @@ def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: s
     build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt), vocab_size, out_dir)
 
 
-def _device() -> torch.device:
+def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _half() -> torch.dtype | None:
+def teacher_dtype() -> torch.dtype | None:
     """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -95,7 +95,7 @@ def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: s
     tok = load_tokenizer(tokenizer_dir)
     train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
-    model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(_device())
+    model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(compute_device())
     if not spec.get("finetune", True):  # use the teacher as it is (e.g. an already fine-tuned checkpoint)
         _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
         return
@@ -114,7 +114,7 @@ def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, g
     from ketchup.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    model = load_model(arch, model_dir, dtype=_half() if teacher else None).to(_device())
+    model = load_model(arch, model_dir, dtype=teacher_dtype() if teacher else None).to(compute_device())
     examples = sources.examples(task, data_path, prompt)
     preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
                            f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
@@ -132,9 +132,9 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     tok = load_tokenizer(teacher_dir)
     if init_dir:  # RL students start from the KL student of the same task, size and seed
-        model = load_model(arch, init_dir).to(_device())
+        model = load_model(arch, init_dir).to(compute_device())
     else:
-        model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(_device())
+        model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
     if method == "prompted":  # the student as it is, without distillation: saved untrained
         _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
         return
@@ -146,7 +146,7 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
         rows = read_jsonl(Path(teacher_outputs_dir) / "train.jsonl")
         data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
     needs_teacher = method not in ("sft", "seqkd")
-    teacher_model = load_model(arch, teacher_dir, dtype=_half()) if needs_teacher else None
+    teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1))
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],

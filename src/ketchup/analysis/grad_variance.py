@@ -38,20 +38,6 @@ EXACT_MAX_BYTES = 2 * 1024 ** 3
 DEFAULT_SKETCH_DIM = 2 ** 20
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _teacher_dtype():
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
 def minibatch_indices(n: int, n_minibatches: int, batch_size: int, seed: int) -> list[list[int]]:
     """Seeded, without replacement while the data lasts (then a fresh permutation is appended)."""
     import torch
@@ -79,14 +65,15 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     from ketchup.batching import make_batch, target_logits
     from ketchup.methods import Objective
     from ketchup.models import load_model, load_tokenizer, n_parameters
+    from ketchup.stages import compute_device, teacher_dtype
 
     started = time.perf_counter()
-    device = _device()
+    device = compute_device()
     arch, rl, ks = spec["arch"], spec["rl"], [int(k) for k in spec["ks"]]
     m, bs, seed = int(spec["n_minibatches"]), int(spec["batch_size"]), int(spec["sample_seed"])
     tok = load_tokenizer(student_dir)
     student = load_model(arch, student_dir).to(device).eval()
-    teacher = load_model(arch, teacher_dir, dtype=_teacher_dtype()).to(device).eval().requires_grad_(False)
+    teacher = load_model(arch, teacher_dir, dtype=teacher_dtype()).to(device).eval().requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     n_params = n_parameters(student)
     flat = sum(p.numel() for p in params)
