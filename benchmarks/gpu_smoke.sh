@@ -91,7 +91,9 @@ for path in sorted((workdir / "results" / "models").rglob("metrics.jsonl")):
     tokens, seconds = sum(r["tokens"] for r in steps), sum(r["seconds"] for r in steps)
     name = str(path.parent.relative_to(workdir / "results" / "models"))
     runs.append({"run": name, "steps": len(steps), "tokens": tokens, "seconds": round(seconds, 3),
-                 "tokens_per_s": round(tokens / seconds, 1) if seconds else None})
+                 "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+                 # torch's own peak of allocated memory in this run (training.py logs it on CUDA)
+                 "torch_peak_mib": max((r.get("cuda_peak_mib", 0.0) for r in steps), default=0.0)})
 used = []
 for line in memlog.read_text().splitlines():
     parts = [p.strip() for p in line.split(",")]
@@ -114,9 +116,10 @@ summary = {
     "memory_samples": len(used),
     "runs": runs,
 }
-print(f"{'run':<45} {'steps':>6} {'tokens':>9} {'seconds':>8} {'tokens/s':>9}")
+print(f"{'run':<45} {'steps':>6} {'tokens':>9} {'seconds':>8} {'tokens/s':>9} {'peak MiB':>9}")
 for r in runs:
-    print(f"{r['run']:<45} {r['steps']:>6} {r['tokens']:>9.0f} {r['seconds']:>8.2f} {r['tokens_per_s'] or 0:>9.1f}")
+    print(f"{r['run']:<45} {r['steps']:>6} {r['tokens']:>9.0f} {r['seconds']:>8.2f} {r['tokens_per_s'] or 0:>9.1f} "
+          f"{r['torch_peak_mib']:>9.0f}")
 print(f"\ntraining throughput: {summary['tokens_per_s']} target tokens/s over {len(runs)} runs "
       f"({total_tokens:.0f} tokens in {total_seconds:.1f} s of optimizer steps; jobs ran concurrently)")
 print(f"peak GPU memory: {peak} MiB used on GPU 0 ({summary['peak_gpu_memory_over_baseline_mib']} MiB over the "

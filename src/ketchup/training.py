@@ -148,7 +148,7 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
         state["step"] = step + 1
         log({"step": state["step"], "epoch": (state["step"] * accum * world) / micro_per_epoch, "loss": loss_total,
              "tokens": float(tokens), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-             "seconds": time.perf_counter() - started, **stats_sum})
+             "seconds": time.perf_counter() - started, **stats_sum, **_cuda_memory()})
         bar.update(1)
         bar.set_postfix(loss=f"{loss_total:.3f}", refresh=False)
         if state["step"] % settings["eval_every"] == 0 or state["step"] == total_steps:
@@ -179,6 +179,13 @@ def _save_checkpoint(accelerator: Accelerator, last: Path, state: dict[str, Any]
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     shutil.rmtree(last, ignore_errors=True)
     tmp.rename(last)
+
+
+def _cuda_memory() -> dict[str, float]:
+    """Peak GPU memory so far (MiB), logged per step on CUDA (benchmarks/gpu_smoke.sh reads it)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def _truncate_log(path: Path, step: int) -> None:
