@@ -1,4 +1,4 @@
-"""LLM-judge evaluation (issue 5): cached, fault-tolerant, position-unbiased judging of predictions.
+"""LLM-judge evaluation: cached, fault-tolerant, position-unbiased judging of predictions.
 
 Modules
 -------
@@ -8,7 +8,7 @@ Modules
 - :mod:`.client`   -- async OpenAI-compatible client with retries, concurrency cap, usage/cost
 - :mod:`.stages`   -- ``score_run``, ``pairwise_run``, ``judge_table`` (pipeline entry points)
 - :mod:`.figure`   -- ``judge_figure``
-- ``python -m ketchup.judge --help`` -- the same stages as commands
+- ``python -m ketchup judge-score | judge-pairwise | judge-table | judge-figure`` -- the stages as commands
 
 Prompt templates live in ``prompts/`` (``system.txt``, ``score.txt``, ``pairwise.txt``).
 """
