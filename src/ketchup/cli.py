@@ -8,7 +8,7 @@ import logging
 import sys
 
 
-def _spec(text: str) -> dict:
+def json_spec(text: str) -> dict:
     """A JSON object given inline or as @path."""
     if text.startswith("@"):
         with open(text[1:]) as handle:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="write {train,dev,test}.jsonl of a task in the hub schema")
     p.add_argument("--task", required=True)
-    p.add_argument("--spec", type=_spec, required=True, help="the task's config block (JSON)")
+    p.add_argument("--spec", type=json_spec, required=True, help="the task's config block (JSON)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("teacher", help="fine-tune the teacher, keep the dev-best checkpoint")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=json_spec, required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--checkpoints", required=True)
@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="a split file in the hub schema")
     p.add_argument("--prompt", default="")
-    p.add_argument("--generation", type=_spec, required=True)
+    p.add_argument("--generation", type=json_spec, required=True)
     p.add_argument("--max-source-length", type=int, required=True)
     p.add_argument("--teacher", action="store_true", help="run in half precision on a GPU")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("student", help="train one student with its method's objective")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=json_spec, required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--teacher-outputs", required=True)
     p.add_argument("--teacher", required=True)
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("table", help="the tidy main table from metric files")
-    p.add_argument("--task-k", type=_spec, required=True, help='{"task": K}')
+    p.add_argument("--task-k", type=json_spec, required=True, help='{"task": K}')
     p.add_argument("--out", required=True)
     p.add_argument("--teacher-check", default=None, help="also write teacher vs untrained student here")
     p.add_argument("metrics", nargs="+")
@@ -76,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     # environment variable it names and is never an argument.
     p = sub.add_parser("judge-score", help="LLM-judge 1-10 scores of a sample of one run's predictions")
     p.add_argument("--task", required=True)
-    p.add_argument("--spec", type=_spec, required=True, help="the config's judge block (JSON)")
+    p.add_argument("--spec", type=json_spec, required=True, help="the config's judge block (JSON)")
     p.add_argument("--predictions", required=True)
     p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
     p.add_argument("--out", required=True, help="scores.jsonl (a .summary.json is written beside it)")
 
     p = sub.add_parser("judge-pairwise", help="LLM-judge verdicts of one run against the baseline, both orders")
     p.add_argument("--task", required=True)
-    p.add_argument("--spec", type=_spec, required=True, help="the config's judge block (JSON)")
+    p.add_argument("--spec", type=json_spec, required=True, help="the config's judge block (JSON)")
     p.add_argument("--predictions", required=True)
     p.add_argument("--baseline-predictions", required=True)
     p.add_argument("--baseline", default=None, help="baseline method name to record (default judge.baseline)")
@@ -102,13 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def setup(args: argparse.Namespace) -> None:
+    """Logging and torch's thread count, shared by every `python -m ketchup...` command line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup(args)
     from ketchup.config import ConfigError
     from ketchup.io import DataError
 

@@ -7,16 +7,9 @@ specs are JSON objects given inline (or as @path), built by workflow/rules/analy
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
-
-def _spec(text: str) -> dict:
-    if text.startswith("@"):
-        with open(text[1:]) as handle:
-            return json.load(handle)
-    return json.loads(text)
+from ketchup.cli import json_spec, setup
 
 
 def _figure_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("grad-variance", help="policy-gradient variance per K at one KL student (JSON)")
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=json_spec, required=True)
     p.add_argument("--student", required=True, help="the KL student's model directory")
     p.add_argument("--teacher", required=True, help="the teacher's model directory")
     p.add_argument("--train-outputs", required=True, help="results/teacher_outputs/{task}/train.jsonl")
@@ -45,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _figure_args(p)
 
     p = sub.add_parser("k-sweep-table", help="k_sweep.csv from metric files")
-    p.add_argument("--spec", type=_spec, required=True, help='{"sweep": {task: {K: run}}, "task_k": {task: K}}')
+    p.add_argument("--spec", type=json_spec, required=True, help='{"sweep": {task: {K: run}}, "task_k": {task: K}}')
     p.add_argument("--out", required=True)
     p.add_argument("metrics", nargs="+")
 
@@ -53,14 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     _figure_args(p)
 
     p = sub.add_parser("lengths", help="length_by_k.csv from the sweep's predictions")
-    p.add_argument("--spec", type=_spec, required=True, help='{"sweep": {task: {K: run}}}')
+    p.add_argument("--spec", type=json_spec, required=True, help='{"sweep": {task: {K: run}}}')
     p.add_argument("--models", nargs="+", required=True, help="the runs' model directories (tokenizers)")
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("student-size-table", help="student_size.csv: main.csv beside parameter counts")
     p.add_argument("--main", required=True)
-    p.add_argument("--spec", type=_spec, required=True,
+    p.add_argument("--spec", type=json_spec, required=True,
                    help='{"models": {"task/student": dir}, "teachers": {task: dir}}')
     p.add_argument("--out", required=True)
 
@@ -75,30 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("main-tables", help="main.md and main.tex from main.csv")
     p.add_argument("--main", required=True)
-    p.add_argument("--spec", type=_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
+    p.add_argument("--spec", type=json_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
     p.add_argument("--md", required=True)
     p.add_argument("--tex", required=True)
 
     p = sub.add_parser("significance", help="paired bootstrap against kl and llmr (significance.csv)")
-    p.add_argument("--spec", type=_spec, required=True,
+    p.add_argument("--spec", type=json_spec, required=True,
                    help='{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
     p.add_argument("--out", required=True)
     p.add_argument("metrics", nargs="+")
 
     p = sub.add_parser("paper-comparison", help="paper_comparison.csv: main.csv beside the paper's numbers")
     p.add_argument("--main", required=True)
-    p.add_argument("--spec", type=_spec, required=True)
+    p.add_argument("--spec", type=json_spec, required=True)
     p.add_argument("--out", required=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    setup(args)
     from ketchup.io import DataError
 
     try:
