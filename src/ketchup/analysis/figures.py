@@ -87,12 +87,18 @@ def k_sweep_figure(frame: pd.DataFrame) -> Figure:
                 level = sub[f"{ref}_mean"].dropna()
                 if len(level):
                     ax.axhline(float(level.iloc[0]), linestyle=style, color=color, label=METHOD_NAMES[ref])
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(sub.k.unique()))
-            ax.set_xticklabels([str(k) for k in sorted(sub.k.unique())])
+            _k_axis(ax, sub.k)
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     return fig
+
+
+def _k_axis(ax, ks) -> None:
+    """K on a log-2 axis, ticked at exactly the K values present (1, 2, 4, 8, ...)."""
+    ks = sorted(pd.unique(ks))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
 
 
 def grad_variance_figure(frame: pd.DataFrame) -> Figure:
@@ -119,10 +125,7 @@ def grad_variance_figure(frame: pd.DataFrame) -> Figure:
                 seeds = sub[sub.student == student].seed.nunique()
                 ax.errorbar(g.k, g[col], yerr=yerr, marker="o", capsize=3, color=f"C{c}",
                             label=f"student {student}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
-            ax.set_xscale("log", base=2)
-            ks = sorted(sub.k.unique())
-            ax.set_xticks(ks)
-            ax.set_xticklabels([str(k) for k in ks])
+            _k_axis(ax, sub.k)
             if logy and (sub[col] > 0).all():
                 ax.set_yscale("log")
             if col == "relative_variance":  # a fraction: show it on [0, 1] so small changes look small
