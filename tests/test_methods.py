@@ -8,7 +8,7 @@ import torch
 from ketchup import objectives
 from ketchup.batching import generate, make_batch, mask_after_eos, target_logits
 from ketchup.config import RL_DEFAULTS
-from ketchup.methods import Objective
+from ketchup.methods import Objective, split_for_two_sources
 from ketchup.models import build_model
 from ketchup.tokenizer import train_tokenizer
 
@@ -83,6 +83,32 @@ def test_two_source_divergence_weights_each_source_one_half(kind, tok):
                                              kind, b.target_mask)
         expected.append(values.sum() / b.target_mask.sum())
     assert float(per_token.detach().sum() / mask.sum()) == pytest.approx(float(sum(expected).detach() / 2), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_js_tvd_score_each_source_on_its_own_half_of_the_micro_batch(arch, tok):
+    sources = SOURCES + ["De hond ziet een kat.", "The cat sits."]
+    targets = TARGETS + ["The dog sees a cat and a long story follows", "1"]
+    batch = make_batch(tok, sources, targets, arch, 32, 16)
+    student, teacher = models(arch, tok)
+    objective = Objective("js", arch, tok, teacher=teacher, max_new_tokens=5, rl=RL_DEFAULTS)
+    torch.manual_seed(0)
+    batches = objective.rollout(student, batch)
+    # Teacher outputs on the first half, the student's own samples for the sources of the second.
+    want_data = make_batch(tok, sources[:2], targets[:2], arch, 32, 16)
+    for field in ("input_ids", "attention_mask", "target_ids", "target_mask"):
+        assert torch.equal(getattr(batches["data"], field), getattr(want_data, field)), field
+    want_rest = make_batch(tok, sources[2:], None, arch, 32, 16)
+    assert torch.equal(batches["student"].input_ids, want_rest.input_ids)
+    assert batches["student"].target_mask.sum() > 0
+    # Dropping the columns that are padding in every kept row leaves the logits unchanged.
+    full = target_logits(student, arch, batch)[:2]
+    half = target_logits(student, arch, batches["data"])
+    mask = batches["data"].target_mask.bool()
+    assert torch.allclose(full[:, : half.shape[1]][mask], half[mask], atol=1e-5)
+    # One example cannot be split: it is scored on both sources.
+    one = make_batch(tok, sources[:1], targets[:1], arch, 32, 16)
+    assert all(part is one for part in split_for_two_sources(one))
 
 
 @pytest.mark.parametrize("method,k", [("llmr", 1), ("llmr-mean", 1), ("ketchup", 3)])

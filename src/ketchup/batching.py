@@ -29,23 +29,28 @@ class Batch:
     def with_targets(self, target_ids: torch.Tensor, target_mask: torch.Tensor) -> "Batch":
         return replace(self, target_ids=target_ids, target_mask=target_mask)
 
+    def rows(self, index: slice) -> "Batch":
+        """A sub-batch of rows, without the columns that are padding in every kept row."""
+        source_cols = self.attention_mask[index].bool().any(0)  # a prefix (right-pad) or suffix (left-pad)
+        target_cols = self.target_mask[index].bool().any(0)
+        target_cols[0] = True  # keep one column even if every target is empty
+        return Batch(self.input_ids[index][:, source_cols], self.attention_mask[index][:, source_cols],
+                     self.target_ids[index][:, target_cols], self.target_mask[index][:, target_cols])
 
-def encode_sources(tokenizer, sources: list[str], arch: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+
+def encode_sources(tokenizer, sources: list[str], arch: str, max_length: int) -> list[list[int]]:
+    """Token ids of each source: seq2seq ends it with EOS, decoder-only with the separator."""
     if arch == "decoder":
-        texts = [s + SEPARATOR for s in sources]
-        side = "left"  # prompts end at the same position, so generation continues them all at once
-        enc = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:] for t in texts]
-    else:
-        side = "right"
-        enc = [tokenizer(s, add_special_tokens=False).input_ids[: max_length - 1] + [tokenizer.eos_token_id]
-               for s in sources]
-    return pad(enc, tokenizer.pad_token_id, side)
+        # Keep the end of a long prompt: it holds the separator the continuation follows.
+        return [ids[-max_length:] for ids in tokenizer([s + SEPARATOR for s in sources], add_special_tokens=False).input_ids]
+    return [ids[: max_length - 1] + [tokenizer.eos_token_id]
+            for ids in tokenizer(list(sources), add_special_tokens=False).input_ids]
 
 
-def encode_targets(tokenizer, targets: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = [tokenizer(t, add_special_tokens=False).input_ids[: max_length - 1] + [tokenizer.eos_token_id]
-           for t in targets]
-    return pad(enc, tokenizer.pad_token_id, "right")
+def encode_targets(tokenizer, targets: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each target, truncated and ended with EOS."""
+    return [ids[: max_length - 1] + [tokenizer.eos_token_id]
+            for ids in tokenizer(list(targets), add_special_tokens=False).input_ids]
 
 
 def pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,16 +65,22 @@ def pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def collate(source_ids: list[list[int]], target_ids: list[list[int]] | None, pad_id: int, arch: str) -> Batch:
+    """Pad encoded examples into a Batch (decoder-only prompts on the left, so generation continues
+    them all at once; everything else on the right)."""
+    input_ids, attention_mask = pad(source_ids, pad_id, "left" if arch == "decoder" else "right")
+    if target_ids is None:
+        targets = torch.full((len(source_ids), 1), pad_id, dtype=torch.long)
+        return Batch(input_ids, attention_mask, targets, torch.zeros_like(targets, dtype=torch.float))
+    targets, mask = pad(target_ids, pad_id, "right")
+    return Batch(input_ids, attention_mask, targets, mask.float())
+
+
 def make_batch(tokenizer, sources: list[str], targets: list[str] | None, arch: str,
                max_source_length: int, max_target_length: int) -> Batch:
-    input_ids, attention_mask = encode_sources(tokenizer, sources, arch, max_source_length)
-    if targets is None:
-        target_ids = torch.full((len(sources), 1), tokenizer.pad_token_id, dtype=torch.long)
-        target_mask = torch.zeros_like(target_ids, dtype=torch.float)
-    else:
-        target_ids, tmask = encode_targets(tokenizer, targets, max_target_length)
-        target_mask = tmask.float()
-    return Batch(input_ids, attention_mask, target_ids, target_mask)
+    return collate(encode_sources(tokenizer, sources, arch, max_source_length),
+                   None if targets is None else encode_targets(tokenizer, targets, max_target_length),
+                   tokenizer.pad_token_id, arch)
 
 
 def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:

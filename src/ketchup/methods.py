@@ -23,6 +23,21 @@ TRAINS_ON = {"sft": "ground_truth", "seqkd": "teacher", "kl": "teacher", "js": "
              "llmr": "teacher", "llmr-mean": "teacher", "ketchup": "teacher"}
 
 
+def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
+    """The rows js/tvd score on the teacher's outputs, and the rows whose sources the student samples for.
+
+    The first ceil(B/2) examples keep the teacher's outputs, the rest get the student's samples, so
+    the objective 1/2 E_teacher[D] + 1/2 E_student[D] is estimated unbiasedly from B sequences per
+    micro-batch, as many as every other method trains on (scoring both sources on every example
+    would double the cost and the data per update). A one-example micro-batch gets both sources.
+    """
+    n = batch.input_ids.shape[0]
+    if n == 1:
+        return batch, batch
+    half = (n + 1) // 2
+    return batch.rows(slice(0, half)), batch.rows(slice(half, n))
+
+
 @dataclass
 class Objective:
     method: str
@@ -38,8 +53,9 @@ class Objective:
         if self.method in SUPERVISED or self.method == "kl":
             return {"data": batch}
         if self.method in ("js", "tvd"):
-            sampled = generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=True)
-            return {"data": batch, "student": sampled}
+            data, rest = split_for_two_sources(batch)
+            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True)
+            return {"data": data, "student": sampled}
         sample = self.rl["rollout"] == "sample"
         return {"student": generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=sample)}
 
@@ -66,7 +82,8 @@ class Objective:
         """Average of the divergence over the teacher's outputs and the student's samples, 1/2 each.
 
         Each source's per-token values are rescaled so that, after the loop divides by the total
-        token count, each source contributes half of the mean over its own tokens.
+        token count, each source contributes half of the mean over its own tokens. The two sources
+        are disjoint halves of the micro-batch (``split_for_two_sources``).
         """
         parts, masks, stats = [], [], {}
         total = sum(float(b.target_mask.sum()) for b in batches.values())

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup
 
-from ketchup.batching import make_batch
+from ketchup.batching import collate, encode_sources, encode_targets
 from ketchup.io import atomic_path, write_json
 from ketchup.methods import Objective
 
@@ -91,6 +91,9 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
     else:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # stale state from another config: start over
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # Tokenise once: every micro-batch is then only padded together.
+    source_ids = encode_sources(tokenizer, data.sources, arch, max_source_length)
+    target_ids = encode_targets(tokenizer, data.targets, max_target_length)
 
     def log(row: dict[str, Any]) -> None:
         if accelerator.is_main_process:
@@ -122,8 +125,8 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
             m = (step * accum + j) * world + rank
             epoch, within = divmod(m, micro_per_epoch)
             idx = _micro_batch_indices(n, bs, seed, epoch)[within]
-            batch = make_batch(tokenizer, [data.sources[i] for i in idx], [data.targets[i] for i in idx], arch,
-                               max_source_length, max_target_length).to(accelerator.device)
+            batch = collate([source_ids[i] for i in idx], [target_ids[i] for i in idx], tokenizer.pad_token_id,
+                            arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
         # Normalise by the real target tokens of the whole optimizer step, after generation.
         tokens = torch.tensor(sum(float(b.target_mask.sum()) for mb in micro for b in mb.values()),
