@@ -31,7 +31,7 @@ TARGET = "results/tables/main.csv"
 
 # Rules that load models onto a GPU; every other rule (data, tokenizer, scores, tables, figures,
 # LLM-judge calls) runs on CPUs.
-GPU_RULES = {"teacher", "student", "teacher_outputs", "predict", "grad_variance"}
+GPU_RULES = {"teacher", "student", "teacher_outputs", "grad_variance"}
 CPU_RULES = {"data", "tokenizer", "score_student", "score_teacher", "main_table"}
 
 
@@ -75,7 +75,6 @@ def expected_counts(config: dict) -> dict[str, int]:
         "teacher_outputs": 2 * tasks,  # train (pseudo-targets) and test (the teacher row)
         "score_teacher": tasks,
         "student": runs,
-        "predict": runs,
         "score_student": runs,
         "main_table": 1,
     }
@@ -288,7 +287,10 @@ def test_stages_load_teacher_and_student_by_path(arch, tmp_path):
             "model": {"name_or_path": str(path)}, "train": kconfig.optim_settings({}), "rl": {}, "k": 1,
             "generation": gen, "seed": 0, "max_source_length": 32, "max_target_length": 8}
     student = tmp_path / "student"
-    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(student))
     predictions = tmp_path / "predictions.jsonl"
-    stages.outputs("en_nl", arch, str(student), str(data / "test.jsonl"), prompt, gen, 32, str(predictions))
+    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(student),
+                   str(predictions))
     assert [r["prediction"] for r in read_jsonl(predictions)] == [r["prediction"] for r in rows]
+    again = tmp_path / "again.jsonl"  # the saved student predicts the same as the job did
+    stages.outputs("en_nl", arch, str(student), str(data / "test.jsonl"), prompt, gen, 32, str(again))
+    assert read_jsonl(again) == read_jsonl(predictions)

@@ -46,7 +46,7 @@ def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, None, "-n", "results/tables/main.csv")
     out = proc.stdout + proc.stderr
     # 3 tasks x 2 student sizes x 9 methods x 1 seed
-    for rule, count in {"student": 54, "predict": 54, "score_student": 54, "teacher": 3, "main_table": 1}.items():
+    for rule, count in {"student": 54, "score_student": 54, "teacher": 3, "main_table": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
     assert not (tmp_path / "results").exists()
 
@@ -87,7 +87,7 @@ def test_teacher_beats_untrained_student(seq2seq_run):
 
 def test_logs_benchmarks_and_training_metrics(seq2seq_run):
     results = seq2seq_run / "results"
-    for rule in ("data", "tokenizer", "teacher", "teacher_outputs", "student", "predict", "score", "tables"):
+    for rule in ("data", "tokenizer", "teacher", "teacher_outputs", "student", "score", "tables"):
         assert list((results / "logs" / rule).rglob("*.log")), rule
         assert list((results / "benchmarks" / rule).rglob("*.tsv")), rule
     teacher_log = (results / "logs" / "teacher" / "en_nl.log").read_text()

@@ -152,7 +152,7 @@ def test_slurm_profile_run_matches_local_run(tmp_path):
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", slurm_out)
     assert len(submitted) == n_jobs, slurm_out[-4000:]
     rules = {p.relative_to(tmp_path / "slurm_logs").parts[0] for p in logs}
-    assert rules >= {"rule_teacher", "rule_student", "rule_predict", "rule_main_table"}, rules
+    assert rules >= {"rule_teacher", "rule_student", "rule_score_student", "rule_main_table"}, rules
     assert len(logs) == n_jobs
 
     local_table = (local / target).read_text()

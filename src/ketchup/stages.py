@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from ketchup import metrics
 from ketchup.config import TASK_KINDS
 from ketchup.data import sources
 from ketchup.io import read_jsonl, write_json, write_jsonl
+
+if TYPE_CHECKING:  # torch is imported by the stages that train or generate, not by data or tokenizer
+    import torch
 
 def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
@@ -29,11 +31,15 @@ def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: s
 
 
 def compute_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def teacher_dtype() -> torch.dtype | None:
     """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
@@ -115,6 +121,11 @@ def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, g
 
     tok = load_tokenizer(model_dir)
     model = load_model(arch, model_dir, dtype=teacher_dtype() if teacher else None).to(compute_device())
+    write_predictions(model, tok, arch, task, data_path, prompt, gen, max_source_length, out_path)
+
+
+def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, prompt: str, gen: dict[str, Any],
+                      max_source_length: int, out_path: str) -> None:
     examples = sources.examples(task, data_path, prompt)
     preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
                            f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
@@ -123,8 +134,10 @@ def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, g
 
 
 def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
-            ckpt_dir: str, out_dir: str) -> None:
-    """Train one student (task, size, method, seed) with its method's objective."""
+            ckpt_dir: str, out_dir: str, predictions_path: str) -> None:
+    """Train one student (task, size, method, seed) with its method's objective, then write the
+    dev-best model's greedy test predictions (in this process: a job of its own would spend more
+    time importing torch than generating)."""
     from ketchup.methods import TRAINS_ON, Objective
     from ketchup.models import load_model, load_tokenizer
     from ketchup.training import TrainData, train
@@ -135,8 +148,12 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
         model = load_model(arch, init_dir).to(compute_device())
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
+    test_path = Path(data_dir) / "test.jsonl"
+    max_source_length = spec["max_source_length"]
     if method == "prompted":  # the student as it is, without distillation: saved untrained
         _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
+        write_predictions(model, tok, arch, task, test_path, spec["prompt"], spec["generation"], max_source_length,
+                          predictions_path)
         return
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
     if TRAINS_ON[method] == "ground_truth":
@@ -149,10 +166,16 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1))
-    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
+    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], max_source_length,
                              spec["train"]["dev_eval_examples"])
     train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,
-          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"],
+          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=max_source_length,
           max_target_length=spec["max_target_length"],
           run_info={"name": f"{task}/{spec['student']}/{method}", "task": task, "student": spec["student"],
                     "method": method, "k": spec.get("k")})
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
+        best = load_model(arch, out_dir).to(compute_device())
+        write_predictions(best, tok, arch, task, test_path, spec["prompt"], spec["generation"], max_source_length,
+                          predictions_path)

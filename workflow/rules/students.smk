@@ -1,5 +1,7 @@
 # Students per task, size, method and seed, all through the one training loop. RL methods start
-# from the KL student of the same task, size and seed (a DAG edge).
+# from the KL student of the same task, size and seed (a DAG edge). Each job ends with the dev-best
+# model's greedy test predictions: in the same process, since a prediction job of its own spent
+# most of its time importing torch.
 
 
 rule student:
@@ -9,7 +11,8 @@ rule student:
         teacher="results/models/teacher/{task}",
         init=student_init,
     output:
-        directory("results/models/students/{task}/{student}/{method}/seed{seed}"),
+        model=directory("results/models/students/{task}/{student}/{method}/seed{seed}"),
+        predictions="results/predictions/{task}/{student}/{method}/seed{seed}.jsonl",
     params:
         spec=student_spec,
         datadir=lambda wildcards: f"results/data/{wildcards.task}",
@@ -24,4 +27,4 @@ rule student:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m ketchup --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output.model} --predictions {output.predictions} > {log} 2>&1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ketchup.cli import json_spec, setup
+from ketchup.cli import MODEL_MODULES, import_quietly, json_spec, setup
 
 
 def _figure_args(p: argparse.ArgumentParser) -> None:
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup(args)
+    if args.command == "grad-variance":  # the one analysis that loads models
+        import_quietly(*MODEL_MODULES, "ketchup.analysis.grad_variance")
     from ketchup.io import DataError
 
     try:
