@@ -44,7 +44,7 @@ def main() -> None:
                 for i, r in enumerate(synthetic.generate(task, "train", 512, 0))]
     tok = train_tokenizer([t for e in examples for t in (e["source"], e["target"])], cfg["tokenizer"].get("vocab_size", 600))
     teacher = build_model(arch, cfg["teacher"]["model"], tok, seed=0).eval().requires_grad_(False)
-    src_len, tgt_len = spec.get("max_source_length", 128), spec.get("max_target_length", 64)
+    src_len, tgt_len = kconfig.task_lengths(cfg, task)
     bs = settings["batch_size"]
     rows = []
     for student_name, student_spec in cfg["students"].items():

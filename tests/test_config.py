@@ -228,3 +228,14 @@ def test_snakemake_dry_run_accepts_default_config(tmp_path):
     assert proc.returncode == 0, output
     assert "main_table" in output
     assert not (workdir / "results").exists()
+
+
+def test_each_task_decodes_up_to_its_target_length_unless_generation_says(default_config):
+    assert "max_new_tokens" not in default_config["generation"]
+    for task, spec in default_config["tasks"].items():
+        assert kconfig.generation_settings(default_config, task)["max_new_tokens"] == spec["max_target_length"]
+    config = {**default_config, "generation": {**default_config["generation"], "max_new_tokens": 7}}
+    assert {kconfig.generation_settings(config, t)["max_new_tokens"] for t in config["tasks"]} == {7}
+    bare = {**default_config, "tasks": {"xsum": {"source": "synthetic"}}}
+    assert kconfig.task_lengths(bare, "xsum") == (512, 128)
+    assert kconfig.generation_settings(bare, "xsum")["max_new_tokens"] == 128

@@ -102,7 +102,7 @@ def test_paper_config_settings(name):
     for method in ("llmr", "llmr-mean", "ketchup"):
         assert kconfig.optim_settings(config, method)["lr"] == 1e-5, method
     assert kconfig.teacher_settings(config)["mixed_precision"] == "bf16"
-    assert kconfig.generation_settings(config)["num_beams"] == 1
+    assert kconfig.generation_settings(config, "xsum")["num_beams"] == 1
     for task in config["tasks"].values():
         assert task["max_source_length"] == 512
     assert config["tasks"]["xsum"]["prompt"] == "summarize: "

@@ -44,7 +44,8 @@ OPTIM_DEFAULTS = {
     "mixed_precision": "no",
     "gradient_checkpointing": False,
 }
-GENERATION_DEFAULTS = {"max_new_tokens": 64, "batch_size": 32, "num_beams": 1}
+GENERATION_DEFAULTS = {"batch_size": 32, "num_beams": 1}
+LENGTH_DEFAULTS = {"max_source_length": 512, "max_target_length": 128}
 
 
 class ConfigError(ValueError):
@@ -138,5 +139,13 @@ def rl_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {**RL_DEFAULTS, **config.get("rl", {})}
 
 
-def generation_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {**GENERATION_DEFAULTS, **config.get("generation", {})}
+def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:
+    """(max_source_length, max_target_length) of a task, in tokens."""
+    spec = {**LENGTH_DEFAULTS, **config["tasks"][task]}
+    return spec["max_source_length"], spec["max_target_length"]
+
+
+def generation_settings(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """Decoding settings for a task. Without ``generation.max_new_tokens`` a task decodes up to its
+    ``max_target_length``: no target a model trained on was longer."""
+    return {**GENERATION_DEFAULTS, "max_new_tokens": task_lengths(config, task)[1], **config.get("generation", {})}

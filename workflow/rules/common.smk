@@ -47,8 +47,7 @@ def as_json(obj):
 
 
 def lengths(task):
-    spec = task_cfg(task)
-    return spec.get("max_source_length", 512), spec.get("max_target_length", 128)
+    return kconfig.task_lengths(config, task)
 
 
 def teacher_spec(wildcards):
@@ -61,7 +60,7 @@ def teacher_spec(wildcards):
             "model": config["teacher"]["model"],
             "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
-            "generation": kconfig.generation_settings(config),
+            "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": DATA_SEED,
             "max_source_length": src_len,
             "max_target_length": tgt_len,
@@ -91,7 +90,7 @@ def student_spec(wildcards):
             # k_sweep only decides which students exist; as a param it would retrain them all.
             "rl": {k: v for k, v in kconfig.rl_settings(config).items() if k != "k_sweep"},
             "k": k,
-            "generation": kconfig.generation_settings(config),
+            "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),
             "max_source_length": src_len,
             "max_target_length": tgt_len,

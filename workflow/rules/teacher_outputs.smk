@@ -9,7 +9,7 @@ rule teacher_outputs:
         "results/teacher_outputs/{task}/{split}.jsonl",
     params:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
-        generation=as_json(kconfig.generation_settings(config)),
+        generation=lambda wildcards: as_json(kconfig.generation_settings(config, wildcards.task)),
         max_source_length=lambda wildcards: lengths(wildcards.task)[0],
         arch=ARCH,
     log:

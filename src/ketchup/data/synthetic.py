@@ -47,7 +47,7 @@ def xsum_record(rng: random.Random, idx: int) -> dict[str, Any]:
         f"A {role} called {name} {verb} {obj} on {day} in {place}.",
     ])
     fillers = [f.format(adj=rng.choice(ADJS), it="it", spot=rng.choice(SPOTS), other=other)
-               for f in rng.sample(FILLER, rng.randint(2, 4))]
+               for f in rng.sample(FILLER, rng.randint(1, 3))]
     sentences = fillers[:1] + [lead] + fillers[1:]
     return {
         "document": "\n".join(sentences),
