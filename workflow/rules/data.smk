@@ -12,6 +12,7 @@ rule data:
         "results/logs/data/{task}.log",
     benchmark:
         "results/benchmarks/data/{task}.tsv"
+    priority: 10  # upstream of the teachers (workflow/rules/teacher.smk)
     conda:
         "../../envs/ketchup.yaml"
     shell:

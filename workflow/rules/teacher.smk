@@ -1,5 +1,7 @@
 # Teacher fine-tuning on ground truth; the dev-best checkpoint is kept. Resumable: the rolling
-# checkpoint lives under results/checkpoints/, outside the declared output.
+# checkpoint lives under results/checkpoints/, outside the declared output. Teachers, the data and
+# tokenizer jobs before them and the teacher outputs after them go before any ready student
+# (priority 10): every student waits on them, and a teacher started late leaves cores idle at the end.
 
 
 rule teacher:
@@ -17,6 +19,7 @@ rule teacher:
         "results/logs/teacher/{task}.log",
     benchmark:
         "results/benchmarks/teacher/{task}.tsv"
+    priority: 10
     threads: 1
     conda:
         "../../envs/ketchup.yaml"

@@ -16,6 +16,7 @@ rule teacher_outputs:
         "results/logs/teacher_outputs/{task}/{split}.log",
     benchmark:
         "results/benchmarks/teacher_outputs/{task}/{split}.tsv"
+    priority: 10
     threads: 1
     conda:
         "../../envs/ketchup.yaml"

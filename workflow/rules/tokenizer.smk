@@ -14,6 +14,7 @@ rule tokenizer:
         "results/logs/tokenizer/{task}.log",
     benchmark:
         "results/benchmarks/tokenizer/{task}.tsv"
+    priority: 10  # upstream of the teachers (workflow/rules/teacher.smk)
     conda:
         "../../envs/ketchup.yaml"
     shell:
