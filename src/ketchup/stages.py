@@ -20,6 +20,7 @@ from ketchup.io import read_jsonl, write_json, write_jsonl
 if TYPE_CHECKING:  # torch is imported by the stages that train or generate, not by data or tokenizer
     import torch
 
+
 def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
