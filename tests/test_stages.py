@@ -74,3 +74,29 @@ def test_trained_tokenizer_round_trips_beside_a_model_config(arch, tmp_path):
     ids = loaded(text, add_special_tokens=False).input_ids
     assert ids == tok(text, add_special_tokens=False).input_ids
     assert loaded.decode(ids) == text
+
+
+def test_student_job_predicts_the_test_split_with_its_saved_dev_best_model(tmp_path):
+    data, path, _ = _pretrained(tmp_path)
+    spec = _spec(path, method="sft", student="tiny", train={**_spec(path)["train"], "max_steps": 3})
+    out, predictions = tmp_path / "student", tmp_path / "predictions.jsonl"
+    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(out), str(predictions))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["best_step"] in (1, 2, 3)
+    rows = [json.loads(line) for line in predictions.open()]
+    assert [r["id"] for r in rows] == [e["id"] for e in sources.examples("en_nl", data / "test.jsonl")]
+    again = tmp_path / "again.jsonl"
+    stages.outputs("en_nl", "seq2seq", str(out), str(data / "test.jsonl"), "", spec["generation"], 32, str(again))
+    assert again.read_text() == predictions.read_text()
+
+
+def test_model_modules_import_with_the_gc_paused_and_leave_it_running():
+    import gc
+
+    from ketchup import cli
+
+    cli.import_quietly(*cli.MODEL_MODULES)
+    assert gc.isenabled()
+    with pytest.raises(ModuleNotFoundError):
+        cli.import_quietly("ketchup.no_such_module")
+    assert gc.isenabled()

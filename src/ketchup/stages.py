@@ -139,9 +139,7 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     """Train one student (task, size, method, seed) with its method's objective, then write the
     dev-best model's greedy test predictions (in this process: a job of its own would spend more
     time importing torch than generating)."""
-    from ketchup.methods import TRAINS_ON, Objective
     from ketchup.models import load_model, load_tokenizer
-    from ketchup.training import TrainData, train
 
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     tok = load_tokenizer(teacher_dir)
@@ -149,13 +147,25 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
         model = load_model(arch, init_dir).to(compute_device())
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
-    test_path = Path(data_dir) / "test.jsonl"
-    max_source_length = spec["max_source_length"]
     if method == "prompted":  # the student as it is, without distillation: saved untrained
         _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
-        write_predictions(model, tok, arch, task, test_path, spec["prompt"], spec["generation"], max_source_length,
-                          predictions_path)
-        return
+    else:
+        _train_student(spec, model, tok, data_dir, teacher_outputs_dir, teacher_dir, ckpt_dir, out_dir)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
+        saved = load_model(arch, out_dir).to(compute_device())  # untrained (prompted) or dev-best
+        write_predictions(saved, tok, arch, task, Path(data_dir) / "test.jsonl", spec["prompt"], spec["generation"],
+                          spec["max_source_length"], predictions_path)
+
+
+def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
+                   ckpt_dir: str, out_dir: str) -> None:
+    from ketchup.methods import TRAINS_ON, Objective
+    from ketchup.models import load_model
+    from ketchup.training import TrainData, train
+
+    task, arch, method = spec["task"], spec["arch"], spec["method"]
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
     if TRAINS_ON[method] == "ground_truth":
         train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
@@ -167,16 +177,10 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1))
-    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], max_source_length,
+    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,
-          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=max_source_length,
+          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"],
           max_target_length=spec["max_target_length"],
           run_info={"name": f"{task}/{spec['student']}/{method}", "task": task, "student": spec["student"],
                     "method": method, "k": spec.get("k")})
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
-        best = load_model(arch, out_dir).to(compute_device())
-        write_predictions(best, tok, arch, task, test_path, spec["prompt"], spec["generation"], max_source_length,
-                          predictions_path)
