@@ -137,16 +137,26 @@ def import_quietly(*modules: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup(args)
-    if args.stage in MODEL_STAGES:
-        import_quietly(*MODEL_MODULES)
     from ketchup.config import ConfigError
-    from ketchup.io import DataError
+    from ketchup.io import DataError, StorageError
 
     try:
+        _check_spec(args)  # before torch is imported: a bad spec costs nothing
+        if args.stage in MODEL_STAGES:
+            import_quietly(*MODEL_MODULES)
         return _run(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StorageError) as exc:
         print(f"ketchup {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_spec(args: argparse.Namespace) -> None:
+    from ketchup import specs
+
+    if args.stage == "student":
+        specs.check_student(args.spec, args.init)
+    elif args.stage == "teacher":
+        specs.check_teacher(args.spec)
 
 
 def _run(args: argparse.Namespace) -> int:

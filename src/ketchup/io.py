@@ -19,6 +19,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
+class StorageError(OSError):
+    """Writing an output or checkpoint failed for lack of space; the message names the path."""
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [record for _, record in numbered_jsonl(path)]
 

@@ -108,11 +108,21 @@ def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: s
         return
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
+    identity = run_identity(spec, {"train": Path(data_dir) / "train.jsonl", "dev": Path(data_dir) / "dev.jsonl",
+                                   "tokenizer": tokenizer_dir, "model": spec["model"].get("name_or_path")})
     train(model, tok, Objective("sft", arch, tok), TrainData([e["source"] for e in train_ex],
                                                              [e["target"] for e in train_ex]),
           spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate, ckpt_dir=ckpt_dir, out_dir=out_dir,
           max_source_length=spec["max_source_length"], max_target_length=spec["max_target_length"],
-          run_info={"name": f"teacher/{task}", "task": task, "role": "teacher"})
+          run_info={"name": f"teacher/{task}", "task": task, "role": "teacher"}, identity=identity)
+
+
+def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> dict[str, Any]:
+    """What determines a training run besides its optimiser settings: the stage's whole spec and the
+    content digests of its input files and folders (part of the resume fingerprint)."""
+    from ketchup.digests import input_digests
+
+    return {"spec": spec, "inputs": input_digests(inputs)}
 
 
 def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
@@ -150,7 +160,7 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     if method == "prompted":  # the student as it is, without distillation: saved untrained
         _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
     else:
-        _train_student(spec, model, tok, data_dir, teacher_outputs_dir, teacher_dir, ckpt_dir, out_dir)
+        _train_student(spec, model, tok, data_dir, teacher_outputs_dir, teacher_dir, init_dir, ckpt_dir, out_dir)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
@@ -160,7 +170,7 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
 
 
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
-                   ckpt_dir: str, out_dir: str) -> None:
+                   init_dir: str | None, ckpt_dir: str, out_dir: str) -> None:
     from ketchup.methods import TRAINS_ON, Objective
     from ketchup.models import load_model
     from ketchup.training import TrainData, train
@@ -168,10 +178,12 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
     if TRAINS_ON[method] == "ground_truth":
-        train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
+        train_path = Path(data_dir) / "train.jsonl"
+        train_ex = sources.examples(task, train_path, spec["prompt"])
         data_ = TrainData([e["source"] for e in train_ex], [e["target"] for e in train_ex])
     else:
-        rows = read_jsonl(Path(teacher_outputs_dir) / "train.jsonl")
+        train_path = Path(teacher_outputs_dir) / "train.jsonl"
+        rows = read_jsonl(train_path)
         data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
     needs_teacher = method not in ("sft", "seqkd")
     teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if needs_teacher else None
@@ -183,4 +195,7 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
           ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"],
           max_target_length=spec["max_target_length"],
           run_info={"name": f"{task}/{spec['student']}/{method}", "task": task, "student": spec["student"],
-                    "method": method, "k": spec.get("k")})
+                    "method": method, "k": spec.get("k")},
+          identity=run_identity(spec, {"train": train_path, "dev": Path(data_dir) / "dev.jsonl",
+                                       "teacher": teacher_dir, "init": init_dir,
+                                       "model": spec["model"].get("name_or_path")}))

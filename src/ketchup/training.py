@@ -26,7 +26,9 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup
 
+from ketchup import checkpoints
 from ketchup.batching import collate, encode_sources, encode_targets
+from ketchup.checkpoints import disk_errors
 from ketchup.io import atomic_path, write_json
 from ketchup.methods import Objective
 
@@ -43,6 +45,10 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Bumped when the checkpoint layout changes, so older checkpoints are never loaded.
+CHECKPOINT_FORMAT = 2
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -56,11 +62,15 @@ def _micro_batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list
 
 def train(model, tokenizer, objective: Objective, data: TrainData, settings: dict[str, Any], *,
           arch: str, seed: int, evaluate: Callable[[Any], float], ckpt_dir: str | Path, out_dir: str | Path,
-          max_source_length: int, max_target_length: int, run_info: dict[str, Any]) -> dict[str, Any]:
+          max_source_length: int, max_target_length: int, run_info: dict[str, Any],
+          identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with ``objective``; save the dev-best model to ``out_dir`` (atomically).
 
     ``evaluate(model) -> float`` gives the dev metric (higher is better). ``ckpt_dir`` holds the
-    resumable state: it is outside the pipeline's declared outputs so a rerun finds it.
+    resumable state: it is outside the pipeline's declared outputs so a rerun finds it. ``identity``
+    is everything else that determines the run (the stage's whole spec and the digests of its input
+    files): with ``settings``, seed, data size and process count it makes the resume fingerprint, so
+    a checkpoint is reused only by the very run that wrote it.
     """
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     accelerator = Accelerator(mixed_precision=settings["mixed_precision"], cpu=not torch.cuda.is_available())
@@ -79,37 +89,22 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
     steps_per_epoch = max(1, micro_per_epoch // (accum * world))
     total_steps = settings["max_steps"] or max(1, round(settings["epochs"] * steps_per_epoch))
 
-    key = fingerprint({"run": run_info, "settings": settings, "seed": seed, "n": n, "world": world})
-    state = {"step": 0, "best_score": -math.inf, "best_step": None, "fingerprint": key}
-    last, best = ckpt_dir / "last", ckpt_dir / "best"
-    log_path = ckpt_dir / "metrics.jsonl"
-    if (last / "trainer_state.json").exists() and json.loads((last / "trainer_state.json").read_text())["fingerprint"] == key:
-        accelerator.load_state(str(last))
-        state = json.loads((last / "trainer_state.json").read_text())
-        _truncate_log(log_path, state["step"])
-        accelerator.print(f"resuming from step {state['step']} of {total_steps} ({last})", file=sys.stderr)
-    else:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # stale state from another config: start over
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    key = fingerprint({"run": run_info, "identity": identity, "settings": settings, "seed": seed, "n": n,
+                       "world": world, "format": CHECKPOINT_FORMAT})
+    ckpt = _Checkpoints(ckpt_dir, accelerator)
+    state = ckpt.resume(key, total_steps)
     # Tokenise once: every micro-batch is then only padded together.
     source_ids = encode_sources(tokenizer, data.sources, arch, max_source_length)
     target_ids = encode_targets(tokenizer, data.targets, max_target_length)
 
-    def log(row: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with log_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-
     def evaluate_and_keep_best(step: int) -> None:
         score = float(evaluate(accelerator.unwrap_model(model)))
-        log({"step": step, "dev_metric": score})
+        ckpt.log({"step": step, "dev_metric": score})
         # The starting point is logged (training curves) but is no candidate: every method's
         # result comes from its own updates, so an RL run cannot silently return its KL init.
         if step > 0 and score > state["best_score"]:
             state.update(best_score=score, best_step=step)
-            if accelerator.is_main_process:
-                with atomic_path(best) as tmp:
-                    accelerator.unwrap_model(model).save_pretrained(tmp)
+            ckpt.save_best(accelerator.unwrap_model(model), step)
 
     if state["step"] == 0:
         evaluate_and_keep_best(0)
@@ -128,60 +123,145 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
             batch = collate([source_ids[i] for i in idx], [target_ids[i] for i in idx], tokenizer.pad_token_id,
                             arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
-        # Normalise by the real target tokens of the whole optimizer step, after generation.
-        tokens = torch.tensor(sum(float(b.target_mask.sum()) for mb in micro for b in mb.values()),
-                              device=accelerator.device)
-        tokens = accelerator.reduce(tokens, "sum") if world > 1 else tokens
-        loss_total, stats_sum = 0.0, {}
-        for mb in micro:
-            per_token, mask, stats = objective.loss(model, mb)
-            loss = per_token.sum() / tokens.clamp(min=1.0) * world  # DDP averages over processes
-            accelerator.backward(loss)
-            loss_total += float(loss.detach()) / world
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v / accum
-        grad_norm = None
-        if settings["max_grad_norm"]:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), settings["max_grad_norm"]))
-        else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        row, stats = _optimizer_step(accelerator, model, optimizer, scheduler, objective, micro, settings)
         state["step"] = step + 1
-        log({"step": state["step"], "epoch": (state["step"] * accum * world) / micro_per_epoch, "loss": loss_total,
-             "tokens": float(tokens), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-             "seconds": time.perf_counter() - started, **stats_sum, **_cuda_memory()})
+        ckpt.log({"step": state["step"], "epoch": (state["step"] * accum * world) / micro_per_epoch, **row,
+                  "seconds": time.perf_counter() - started, **stats, **_cuda_memory()})
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_total:.3f}", refresh=False)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
         if state["step"] % settings["eval_every"] == 0 or state["step"] == total_steps:
             evaluate_and_keep_best(state["step"])
         if state["step"] % settings["checkpoint_every"] == 0 or state["step"] == total_steps:
-            _save_checkpoint(accelerator, last, state)
+            ckpt.save(state)
     bar.close()
 
     accelerator.wait_for_everyone()
     summary = {"best_step": state["best_step"], "best_dev_metric": state["best_score"], "steps": total_steps,
                **run_info}
     if accelerator.is_main_process:
-        with atomic_path(out_dir) as tmp:
-            shutil.copytree(best, tmp)
+        with disk_errors(out_dir), atomic_path(out_dir) as tmp:
+            checkpoints.copy_contents(ckpt.best_dir(state["best_step"]), tmp)
             tokenizer.save_pretrained(tmp)
-            shutil.copy(log_path, tmp / "metrics.jsonl")
+            shutil.copy(ckpt.log_path, tmp / "metrics.jsonl")
             write_json(tmp / "train_summary.json", summary)
     return summary
 
 
-def _save_checkpoint(accelerator: Accelerator, last: Path, state: dict[str, Any]) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    tmp = last.with_name("last.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
-    shutil.rmtree(last, ignore_errors=True)
-    tmp.rename(last)
+def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objective: Objective,
+                    micro: list[dict], settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """One update from the rolled-out micro-batches; the loss is normalised by the real target tokens
+    of the whole optimizer step (after generation, across gradient accumulation and processes)."""
+    world, accum = accelerator.num_processes, len(micro)
+    tokens = torch.tensor(sum(float(b.target_mask.sum()) for mb in micro for b in mb.values()),
+                          device=accelerator.device)
+    tokens = accelerator.reduce(tokens, "sum") if world > 1 else tokens
+    loss_total, stats_sum = 0.0, {}
+    for mb in micro:
+        per_token, mask, stats = objective.loss(model, mb)
+        loss = per_token.sum() / tokens.clamp(min=1.0) * world  # DDP averages over processes
+        accelerator.backward(loss)
+        loss_total += float(loss.detach()) / world
+        for k, v in stats.items():
+            stats_sum[k] = stats_sum.get(k, 0.0) + v / accum
+    if settings["max_grad_norm"]:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), settings["max_grad_norm"]))
+    else:
+        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_total, "tokens": float(tokens), "grad_norm": grad_norm,
+            "lr": scheduler.get_last_lr()[0]}, stats_sum
+
+
+class _Checkpoints:
+    """The resumable state of one run under ``ckpt_dir``.
+
+    ``last`` and ``prev`` are the two newest sealed checkpoints (optimizer, RNG and trainer state,
+    and the metrics log up to that step); ``best-{step}`` holds the dev-best model each of them
+    refers to; ``metrics.jsonl`` is the live log. Only the main process writes.
+    """
+
+    def __init__(self, ckpt_dir: Path, accelerator: Accelerator):
+        self.dir, self.accelerator = ckpt_dir, accelerator
+        self.last, self.prev = ckpt_dir / "last", ckpt_dir / "prev"
+        self.log_path = ckpt_dir / "metrics.jsonl"
+
+    def best_dir(self, step: int | None) -> Path:
+        return self.dir / f"best-{step}"
+
+    def resume(self, key: str, total_steps: int) -> dict[str, Any]:
+        """The state to continue from: the newest good checkpoint of this fingerprint, or a fresh one."""
+        fresh = {"step": 0, "best_score": -math.inf, "best_step": None, "fingerprint": key}
+        for folder in (self.last, self.prev):
+            if not folder.exists():
+                continue
+            if (bad := checkpoints.problem(folder)) is None:
+                state = json.loads((folder / "trainer_state.json").read_text())
+                if state["fingerprint"] != key:
+                    print(f"checkpoint {folder} belongs to another configuration or other inputs (fingerprint "
+                          f"{state['fingerprint']}, this run {key}): starting over", file=sys.stderr)
+                    break
+                best = self.best_dir(state["best_step"])
+                if state["best_step"] is None or (bad := checkpoints.problem(best)) is None:
+                    self.accelerator.load_state(str(folder))
+                    shutil.copy(folder / "metrics.jsonl", self.log_path)  # the log as it was at that step
+                    self.accelerator.print(f"resuming from step {state['step']} of {total_steps} ({folder})",
+                                           file=sys.stderr)
+                    return state
+                bad = f"its best model {best.name}: {bad}"
+            if self.accelerator.is_main_process:
+                checkpoints.set_aside(folder, bad)
+        else:
+            if self.dir.exists() and any(self.dir.iterdir()):
+                print(f"no usable checkpoint in {self.dir}: starting from scratch", file=sys.stderr)
+        if self.accelerator.is_main_process:
+            for path in self.dir.glob("*") if self.dir.exists() else []:
+                if ".bad-" not in path.name:  # set-aside checkpoints stay for inspection
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        return fresh
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with self.log_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def save_best(self, model, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        final = self.best_dir(step)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with disk_errors(tmp):
+            model.save_pretrained(tmp)
+            checkpoints.seal(tmp)
+        checkpoints.install(tmp, final)
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Seal a checkpoint of ``state`` as ``last`` (the old one becomes ``prev``), then drop the best
+        models neither refers to."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        tmp = self.dir / "last.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with disk_errors(tmp):
+                self.accelerator.save_state(str(tmp))
+                (tmp / "trainer_state.json").write_text(json.dumps(state))
+                shutil.copy(self.log_path, tmp / "metrics.jsonl")
+                checkpoints.seal(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint behind
+            raise
+        checkpoints.install(tmp, self.last, previous=self.prev)
+        keep = {self.best_dir(json.loads((f / "trainer_state.json").read_text())["best_step"]).name
+                for f in (self.last, self.prev) if f.exists()}
+        for old in self.dir.glob("best-*"):
+            if old.name not in keep and ".bad-" not in old.name:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _cuda_memory() -> dict[str, float]:
@@ -189,12 +269,3 @@ def _cuda_memory() -> dict[str, float]:
     if not torch.cuda.is_available():
         return {}
     return {"cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from, so the log has no duplicates."""
-    if not path.exists():
-        return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,69 @@
+"""The distillation methods, each described once: every list of method names derives from here.
+
+Light on purpose (no torch): the Snakefile, the config checks and the command line read it before
+any model library is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # "untrained" | "supervised" | "divergence" | "rl"
+    trains_on: str | None  # "ground_truth" | "teacher" (the teacher's greedy outputs) | None
+    k: str | None  # RL only: "one" (LLMR) or "task" (the task's K)
+    starts_from: str | None  # the method whose student this one starts from (None: the student as built)
+    baseline: str = "none"  # RL only: the per-sequence baseline subtracted from the advantages
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether training runs the teacher (its logits), not only its outputs."""
+        return self.family in ("divergence", "rl")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("prompted", "untrained", None, None, None),
+    Method("sft", "supervised", "ground_truth", None, None),
+    Method("seqkd", "supervised", "teacher", None, None),
+    Method("kl", "divergence", "teacher", None, None),
+    Method("js", "divergence", "teacher", None, None),
+    Method("tvd", "divergence", "teacher", None, None),
+    Method("llmr", "rl", "teacher", "one", "kl"),
+    Method("llmr-mean", "rl", "teacher", "one", "kl", baseline="mean"),
+    Method("ketchup", "rl", "teacher", "task", "kl"),
+)}
+NAMES = list(METHODS)
+RL_METHODS = [name for name, m in METHODS.items() if m.family == "rl"]
+TRAINED_METHODS = [name for name, m in METHODS.items() if m.family != "untrained"]
+
+# The K sweep trains KETCHUP at other K under run names of this form.
+K_SWEEP = "ketchup"
+_SWEEP_RUN = re.compile(rf"{re.escape(K_SWEEP)}-k(\d+)")
+
+
+def sweep_run(k: int) -> str:
+    return f"{K_SWEEP}-k{k}"
+
+
+def run_pattern() -> str:
+    """A regular expression matching every run name (the Snakemake wildcard constraint)."""
+    return "|".join([*(re.escape(n) for n in NAMES), _SWEEP_RUN.pattern])
+
+
+def method_and_k(run: str, task_k: int) -> tuple[str, int]:
+    """The objective and K of a run name: ``ketchup-k{K}`` is the sweep, LLMR uses K = 1, KETCHUP the task's K."""
+    if match := _SWEEP_RUN.fullmatch(run):
+        return K_SWEEP, int(match.group(1))
+    if run not in METHODS:
+        raise KeyError(f"unknown method {run!r}; known: {', '.join(NAMES)}")
+    return run, 1 if METHODS[run].k == "one" else task_k
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(NAMES)}")
+    return METHODS[name]

@@ -1,0 +1,44 @@
+"""Checks of the JSON specs the model stages receive, run before torch is imported.
+
+A stage run by hand with a wrong spec stops at once with a message naming the key, instead of
+failing with a traceback after loading torch and the models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ketchup import registry
+from ketchup.config import ConfigError
+
+STUDENT_KEYS = ("task", "arch", "student", "method", "model", "train", "generation", "seed",
+                "max_source_length", "max_target_length")
+TEACHER_KEYS = ("task", "arch", "model", "train", "generation", "seed", "max_source_length", "max_target_length")
+
+
+def _require(spec: dict[str, Any], keys: tuple[str, ...], stage: str) -> None:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{stage} --spec: expected a JSON object, got {type(spec).__name__}")
+    missing = [k for k in keys if k not in spec]
+    if missing:
+        raise ConfigError(f"{stage} --spec: missing key(s) {', '.join(missing)}")
+    if spec["arch"] not in ("seq2seq", "decoder"):
+        raise ConfigError(f"{stage} --spec: key 'arch' must be 'seq2seq' or 'decoder', got {spec['arch']!r}")
+
+
+def check_student(spec: dict[str, Any], init: str | None) -> None:
+    """The student spec names a known method, and an RL method gets the model it starts from."""
+    _require(spec, STUDENT_KEYS, "student")
+    try:
+        method = registry.get(spec["method"])
+    except KeyError as exc:
+        raise ConfigError(f"student --spec: key 'method': {exc.args[0]}") from None
+    if method.starts_from and not init:
+        raise ConfigError(f"student: method {method.name!r} starts from the {method.starts_from!r} student; "
+                          f"give it with --init (RL from random weights is not a run of the paper)")
+    if method.family == "rl" and "rl" not in spec:
+        raise ConfigError(f"student --spec: method {method.name!r} needs the 'rl' settings block")
+
+
+def check_teacher(spec: dict[str, Any]) -> None:
+    _require(spec, TEACHER_KEYS, "teacher")
