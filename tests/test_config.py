@@ -129,10 +129,36 @@ def test_every_error_is_listed(default_config):
     _raises(default_config, "tasks.xsum.k", "methods", "dpo")
 
 
+def test_method_names_agree_everywhere():
+    """One list of methods (ketchup.config.METHODS): the schema, the families, the tables, the DAG."""
+    from ketchup.analysis.common import METHOD_NAMES, METHOD_ORDER
+    from ketchup.analysis.paper import paper_numbers
+    from ketchup.methods import DIVERGENCES, RL, RL_BASELINES, SUPERVISED, TRAINS_ON
+    from ketchup.tables import method_k
+
+    methods = list(kconfig.METHODS)
+    schema = yaml.safe_load(kconfig.SCHEMA_PATH.read_text())["properties"]
+    assert schema["methods"]["items"]["enum"] == methods
+    assert schema["method_overrides"]["propertyNames"]["enum"] == methods[1:]
+    assert schema["judge"]["properties"]["baseline"]["enum"] == methods
+    assert METHOD_ORDER == ["teacher", *methods] and set(METHOD_NAMES) == set(METHOD_ORDER)
+    assert ["prompted", *SUPERVISED, *DIVERGENCES, *RL] == methods and set(TRAINS_ON) == set(methods[1:])
+    assert set(RL_BASELINES) < set(RL) and set(paper_numbers().method) <= set(METHOD_ORDER)
+    assert {m: method_k(m, 8) for m in RL} == {"llmr": 1, "llmr-mean": 1, "llmr-minvar": 1, "ketchup": 8}
+    common = (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert 'method="|".join(kconfig.METHODS)' in common and "RL_METHODS = list(kconfig.RL_METHODS)" in common
+    for path in [REPO_ROOT / "config.yaml", *PAPER_CONFIGS]:
+        config = yaml.safe_load(path.read_text())
+        assert config["methods"] == methods, path.name
+        # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
+        overrides = [config.get("method_overrides", {}).get(m) for m in kconfig.RL_METHODS]
+        assert all(o == overrides[0] for o in overrides), path.name
+
+
 # --- cross-key rules ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["llmr", "llmr-mean", "ketchup"])
+@pytest.mark.parametrize("method", kconfig.RL_METHODS)
 def test_rl_methods_need_kl(default_config, method):
     default_config["methods"] = ["sft", method]
     _raises(default_config, "methods", "kl", method)

@@ -19,7 +19,7 @@ ARCHS = {
 }
 SOURCES = ["The cat sits on the mat.", "Emma has 7 cookies and buys 18 more cookies today"]
 TARGETS = ["De kat zit op de mat.", "25"]
-METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
+METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup"]
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,10 @@ def test_js_tvd_score_each_source_on_its_own_half_of_the_micro_batch(arch, tok):
     assert all(part is one for part in split_for_two_sources(one))
 
 
-@pytest.mark.parametrize("method,k", [("llmr", 1), ("llmr-mean", 1), ("ketchup", 3)])
+@pytest.mark.parametrize("method,k", [("llmr", 1), ("llmr-mean", 1), ("llmr-minvar", 1), ("ketchup", 3)])
 def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, tok):
     student, teacher = models("seq2seq", tok)
-    rl = {**RL_DEFAULTS, "rollout": "greedy", "token_weight": "one", "clip": 1e9}
+    rl = {**RL_DEFAULTS, "rollout": "greedy", "rollout_dropout": False, "token_weight": "one", "clip": 1e9}
     objective = Objective(method, "seq2seq", tok, teacher=teacher, max_new_tokens=8, rl=rl, k=3)
     batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
     rollout = objective.rollout(student, batch)["student"]
@@ -123,7 +123,13 @@ def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, tok):
     q, v = objectives.induced_values(target_logits(teacher, "seq2seq", rollout), rollout.target_ids,
                                      rollout.target_mask)
     returns = objectives.kstep_returns(q, v, rollout.target_mask, k)
-    advantage = returns - (returns * mask).sum() / mask.sum() if method == "llmr-mean" else returns
+    if method == "llmr-mean":  # per sequence (rl.baseline_scope's default)
+        advantage = returns - ((returns * mask).sum(1) / mask.sum(1))[:, None]
+    elif method == "llmr-minvar":
+        logits = target_logits(student, "seq2seq", rollout)
+        advantage = returns - objectives.minvar_baseline(logits, rollout.target_ids, returns, mask)
+    else:
+        advantage = returns
     logp = torch.log_softmax(target_logits(student, "seq2seq", rollout), -1).gather(
         -1, rollout.target_ids.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(per_token, -(logp * advantage) * mask, atol=1e-4)
@@ -155,3 +161,69 @@ def test_policy_gradient_is_the_reinforce_estimator_on_a_tiny_model(tok):
                 acc -= advantages[i, t] * g / n
     for got, want in zip(loss_grad, reinforce):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _forward_modes(model) -> list[bool]:
+    """Records model.training at every forward call (generate calls forward once per new token)."""
+    modes: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    return modes
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("rollout", ["greedy", "sample"])
+@pytest.mark.parametrize("dropout", [True, False])
+def test_rl_rollouts_follow_rollout_and_rollout_dropout(arch, rollout, dropout, tok):
+    student, teacher = models(arch, tok)
+    student.train()  # as the training loop leaves it
+    modes = _forward_modes(student)
+    rl = {**RL_DEFAULTS, "rollout": rollout, "rollout_dropout": dropout}
+    objective = Objective("ketchup", arch, tok, teacher=teacher, max_new_tokens=5, rl=rl, k=2)
+    batch = make_batch(tok, SOURCES, TARGETS, arch, 32, 16)
+    torch.manual_seed(0)
+    got = objective.rollout(student, batch)["student"]
+    assert modes and set(modes) == {dropout}  # train mode (dropout on) or eval mode throughout the decode
+    assert student.training  # the loop's mode is restored
+    torch.manual_seed(0)
+    want = generate(student, arch, batch, tok, 5, sample=rollout == "sample", dropout=dropout)
+    assert torch.equal(got.target_ids, want.target_ids)
+
+
+def test_rl_rollout_defaults_are_the_reference(tok):
+    assert (RL_DEFAULTS["rollout"], RL_DEFAULTS["rollout_dropout"], RL_DEFAULTS["baseline_scope"]) == \
+        ("greedy", True, "sequence")
+    student, teacher = models("seq2seq", tok)
+    assert student.config.dropout_rate == 0.1  # T5's default, as pretrained T5 (the reference's students)
+    student.train()
+    modes = _forward_modes(student)
+    Objective("llmr", "seq2seq", tok, teacher=teacher, max_new_tokens=4, rl={}).rollout(
+        student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))
+    assert set(modes) == {True}
+
+
+def test_greedy_rollouts_with_dropout_differ_from_eval_mode(tok):
+    """Dropout perturbs the greedy path (the reference's rollouts); eval mode is deterministic."""
+    spec = {"config": {**ARCHS["seq2seq"], "dropout_rate": 0.5}}
+    student = build_model("seq2seq", spec, tok, seed=0)
+    batch = make_batch(tok, SOURCES * 4, TARGETS * 4, "seq2seq", 32, 16)
+    torch.manual_seed(0)
+    eval_runs = [generate(student, "seq2seq", batch, tok, 8).target_ids for _ in range(2)]
+    dropout_runs = [generate(student, "seq2seq", batch, tok, 8, dropout=True).target_ids for _ in range(3)]
+    assert torch.equal(*eval_runs)
+    assert any(not torch.equal(run, eval_runs[0]) for run in dropout_runs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dev_evaluation_and_predictions_decode_in_eval_mode(arch, tok):
+    from ketchup.stages import generate_texts
+
+    key = "dropout_rate" if arch == "seq2seq" else "attention_dropout"
+    student = build_model(arch, {"config": {**ARCHS[arch], key: 0.5}}, tok, seed=0)
+    assert getattr(student.config, key) == 0.5  # the config's dropout reaches the model
+    assert not student.training  # built models come in eval mode, as loaded ones
+    student.train()  # as the training loop leaves it when it evaluates
+    modes = _forward_modes(student)
+    gen = {"max_new_tokens": 6, "batch_size": 2, "num_beams": 1}
+    first = generate_texts(student, tok, arch, SOURCES, gen, 32)
+    assert modes and set(modes) == {False} and student.training
+    assert generate_texts(student, tok, arch, SOURCES, gen, 32) == first

@@ -10,8 +10,10 @@ from ketchup.objectives import (
     cross_entropy,
     induced_values,
     kstep_returns,
+    minvar_baseline,
     one_step_rewards,
     policy_gradient_loss,
+    score_norms,
     token_divergence,
 )
 
@@ -446,7 +448,8 @@ def test_policy_gradient_mean_baseline_centres_advantages():
     returns = torch.randn(3, 5, generator=g) * 3 + 2
     mask = _right_padded_mask([5, 2, 3], 5)
     returns[~mask] = 1e6  # must not enter the batch mean
-    loss, stats = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", baseline="mean")
+    loss, stats = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", baseline="mean",
+                                       baseline_scope="batch")
     logp = torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None]).squeeze(-1)
     adv = -loss.double()[mask] / logp[mask]  # loss_t = -logp_t A_t
     assert adv.mean().item() == pytest.approx(0.0, abs=1e-5)
@@ -454,6 +457,113 @@ def test_policy_gradient_mean_baseline_centres_advantages():
     torch.testing.assert_close(adv, expected, rtol=1e-4, atol=1e-4)
     assert stats["mean_advantage"] == pytest.approx(0.0, abs=1e-5)
     assert stats["mean_return"] == pytest.approx(returns[mask].mean().item(), rel=1e-5)
+
+    # Per sequence (the default, the reference's batch of one): each row's advantages are centred alone.
+    loss, _ = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", baseline="mean")
+    adv = torch.zeros(3, 5, dtype=torch.float64)
+    adv[mask] = -loss.double()[mask] / logp[mask]
+    for i, n in enumerate([5, 2, 3]):
+        r = returns[i, :n].double()
+        torch.testing.assert_close(adv[i, :n], r - r.mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_policy_gradient_mean_baseline_hand_case():
+    logits, tokens, returns, mask = _pg_case()
+    # weight one: A = (4, -2), mean 1 -> (3, -3); loss0 = -ln(1/2) * 3, loss1 = -ln(1/4) * -3
+    loss, stats = policy_gradient_loss(logits, tokens, returns, mask, token_weight="one", baseline="mean")
+    torch.testing.assert_close(loss, torch.tensor([[3 * math.log(2.0), -6 * math.log(2.0), 0.0]]))
+    assert stats["mean_advantage"] == pytest.approx(0.0)
+
+
+def _score_norms_by_autograd(logits, tokens, mask):
+    """c_t = ||d log softmax(z_t)[y_t] / d z_t||^2, each position by its own autograd call (float64)."""
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    for i, t in mask.nonzero().tolist():
+        z = logits[i, t].detach().double().requires_grad_(True)
+        (grad,) = torch.autograd.grad(torch.log_softmax(z, -1)[tokens[i, t]], z)
+        out[i, t] = (grad ** 2).sum()
+    return out
+
+
+def test_score_norms_hand_case_and_autograd():
+    logits, tokens, _, mask = _pg_case()
+    # pi = (1/2, 1/2), y = 0: 1 - 1 + 1/2 = 1/2;  pi = (3/4, 1/4), y = 1: 1 - 1/2 + 10/16 = 9/8
+    torch.testing.assert_close(score_norms(logits, tokens, mask), torch.tensor([[0.5, 1.125, 0.0]]))
+    g = _gen(33)
+    logits = torch.randn(3, 4, 7, generator=g) * 2
+    tokens = torch.randint(0, 7, (3, 4), generator=g)
+    mask = _right_padded_mask([4, 1, 3], 4)
+    tokens[~mask] = -100
+    torch.testing.assert_close(score_norms(logits, tokens, mask).double(),
+                               _score_norms_by_autograd(logits, tokens, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_minvar_baseline_against_autograd_score_norms():
+    g = _gen(34)
+    logits = torch.randn(3, 5, 6, generator=g) * 2
+    tokens = torch.randint(0, 6, (3, 5), generator=g)
+    adv = torch.randn(3, 5, generator=g) * 3
+    lengths = [5, 2, 3]
+    mask = _right_padded_mask(lengths, 5)
+    tokens[~mask], adv[~mask] = -100, float("nan")  # padding is never read
+    c = _score_norms_by_autograd(logits, tokens, mask)
+    got = minvar_baseline(logits, tokens, adv, mask)
+    for i, n in enumerate(lengths):
+        want = (c[i, :n] * adv[i, :n].double()).sum() / c[i, :n].sum()
+        torch.testing.assert_close(got[i, :n].double(), want.expand(n), rtol=1e-5, atol=1e-6)
+        # A padded row gives the same baseline as the row alone, unpadded.
+        alone = minvar_baseline(logits[i:i + 1, :n], tokens[i:i + 1, :n], adv[i:i + 1, :n], mask[i:i + 1, :n])
+        torch.testing.assert_close(alone[0], got[i, :n])
+    assert torch.all(got[~mask] == 0)
+    # Over the whole batch: one c-weighted mean of every real token.
+    batch = minvar_baseline(logits, tokens, adv, mask, scope="batch")
+    want = (c[mask] * adv[mask].double()).sum() / c[mask].sum()
+    torch.testing.assert_close(batch[mask].double(), want.expand(int(mask.sum())), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sequence, batch"):
+        minvar_baseline(logits, tokens, adv, mask, scope="token")
+
+
+def test_minvar_baseline_is_the_mean_when_score_norms_are_equal():
+    # Uniform logits: pi(a) = 1/V for every token, so c_t = 1 - 2/V + 1/V is the same everywhere.
+    g = _gen(35)
+    logits = torch.zeros(2, 4, 5)
+    tokens = torch.randint(0, 5, (2, 4), generator=g)
+    adv = torch.randn(2, 4, generator=g)
+    mask = _right_padded_mask([4, 3], 4)
+    got = minvar_baseline(logits, tokens, adv, mask)
+    for i, n in enumerate([4, 3]):
+        torch.testing.assert_close(got[i, :n], adv[i, :n].mean().expand(n))
+    # The loss with the min-variance baseline then equals the loss with the mean baseline.
+    kwargs = dict(token_weight="one", clip=None)
+    torch.testing.assert_close(policy_gradient_loss(logits, tokens, adv, mask, baseline="minvar", **kwargs)[0],
+                               policy_gradient_loss(logits, tokens, adv, mask, baseline="mean", **kwargs)[0])
+
+
+def test_minvar_baseline_is_detached_and_minimises_the_logit_gradient_norm():
+    g = _gen(36)
+    logits = (torch.randn(1, 6, 4, generator=g) * 2).requires_grad_(True)
+    tokens = torch.randint(0, 4, (1, 6), generator=g)
+    returns = torch.randn(1, 6, generator=g) * 4
+    mask = torch.ones(1, 6)
+    b = minvar_baseline(logits, tokens, returns, mask)
+    assert not b.requires_grad  # no gradient through the baseline
+
+    def grad_norm(baseline):
+        z = logits.detach().clone().requires_grad_(True)
+        logp = torch.log_softmax(z, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        (logp * (returns - baseline)).sum().backward()
+        return float((z.grad ** 2).sum())
+
+    best = float(b[0, 0])
+    assert all(grad_norm(best) <= grad_norm(best + d) + 1e-9 for d in (-0.5, -0.05, 0.05, 0.5))
+    # The loss with baseline "minvar": A_t - b, b from the clipped, weighted advantages.
+    loss, _ = policy_gradient_loss(logits, tokens, returns, mask, token_weight="prob", clip=1.0, baseline="minvar")
+    loss.sum().backward()
+    with torch.no_grad():
+        logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        adv = (logp.exp() * returns).clamp(-1.0, 1.0)
+        adv = adv - minvar_baseline(logits, tokens, adv, mask)
+        torch.testing.assert_close(loss, -logp * adv)
 
 
 @pytest.mark.parametrize("token_weight", ["one", "prob"])
@@ -525,8 +635,10 @@ def test_policy_gradient_validates_options():
     logits, tokens, returns, mask = _pg_case()
     with pytest.raises(ValueError, match="prob, one"):
         policy_gradient_loss(logits, tokens, returns, mask, token_weight="sqrt")
-    with pytest.raises(ValueError, match="none, mean"):
+    with pytest.raises(ValueError, match="none, mean, minvar"):
         policy_gradient_loss(logits, tokens, returns, mask, baseline="min-variance")
+    with pytest.raises(ValueError, match="sequence, batch"):
+        policy_gradient_loss(logits, tokens, returns, mask, baseline="mean", baseline_scope="token")
     with pytest.raises(ValueError):
         policy_gradient_loss(logits, tokens, returns, mask, denom=0.0)
 

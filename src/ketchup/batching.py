@@ -108,10 +108,14 @@ def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torc
 
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
-             num_beams: int = 1) -> Batch:
-    """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax)."""
+             num_beams: int = 1, dropout: bool = False) -> Batch:
+    """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax).
+
+    In eval mode, unless ``dropout``: then in train mode, so dropout perturbs the decode (the
+    reference's RL rollouts). The model's mode is restored afterwards.
+    """
     was_training = model.training
-    model.eval()
+    model.train(dropout)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id, num_beams=num_beams)
     if sample:

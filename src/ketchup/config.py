@@ -19,9 +19,16 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 # Task name -> kind of task (decides the metric and the record schema).
 TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
 
+# Every method, in the paper's row order (the schema's enums list the same names; tests check that).
+METHODS = ("prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup")
+# The policy-gradient methods: they start from the KL student of the same task, size and seed.
+RL_METHODS = ("llmr", "llmr-mean", "llmr-minvar", "ketchup")
+
 # Reference defaults (DESIGN.md section 2); the config overrides any of them.
 RL_DEFAULTS = {
-    "rollout": "sample",
+    "rollout": "greedy",          # the reference's sampling flag never reached generate
+    "rollout_dropout": True,      # the reference decoded rollouts with the student in train mode
+    "baseline_scope": "sequence",  # the reference trained on one sequence a batch
     "value": "max",
     "clip": 50.0,
     "denom": 1.0,
@@ -91,7 +98,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
     if tok["kind"] == "train" and "config" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.kind': 'train' only works with models built from config")
-    needs_kl = {"llmr", "llmr-mean", "ketchup"} & set(config["methods"])
+    needs_kl = set(RL_METHODS) & set(config["methods"])
     if needs_kl and "kl" not in config["methods"]:
         raise ConfigError(f"config key 'methods': {sorted(needs_kl)} start from the 'kl' student; add 'kl'")
 

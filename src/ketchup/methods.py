@@ -14,13 +14,16 @@ import torch
 
 from ketchup import objectives
 from ketchup.batching import Batch, generate, target_logits
+from ketchup.config import RL_DEFAULTS, RL_METHODS
 
 SUPERVISED = ("sft", "seqkd")
 DIVERGENCES = ("kl", "js", "tvd")
-RL = ("llmr", "llmr-mean", "ketchup")
+RL = RL_METHODS
+# The baseline of each RL method's advantages (ketchup and llmr: none).
+RL_BASELINES = {"llmr-mean": "mean", "llmr-minvar": "minvar"}
 # Which targets each method trains on: ground truth, or the teacher's greedy outputs.
 TRAINS_ON = {"sft": "ground_truth", "seqkd": "teacher", "kl": "teacher", "js": "teacher", "tvd": "teacher",
-             "llmr": "teacher", "llmr-mean": "teacher", "ketchup": "teacher"}
+             **{method: "teacher" for method in RL}}
 
 
 def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
@@ -56,8 +59,14 @@ class Objective:
             data, rest = split_for_two_sources(batch)
             sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True)
             return {"data": data, "student": sampled}
-        sample = self.rl["rollout"] == "sample"
-        return {"student": generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=sample)}
+        return {"student": self.rl_rollout(student, batch)}
+
+    def rl_rollout(self, student, batch: Batch) -> Batch:
+        """The RL rollout: greedy or sampled (``rl.rollout``), decoded with dropout active when
+        ``rl.rollout_dropout`` (the reference decoded with the student in train mode) or in eval mode."""
+        rl = {**RL_DEFAULTS, **self.rl}
+        return generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens,
+                        sample=rl["rollout"] == "sample", dropout=bool(rl["rollout_dropout"]))
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch) -> torch.Tensor:
@@ -99,13 +108,15 @@ class Objective:
         return torch.cat([pad(p) for p in parts]), torch.cat([pad(m) for m in masks]), stats
 
     def _policy_gradient(self, student, b: Batch):
-        k = 1 if self.method in ("llmr", "llmr-mean") else self.k
-        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=self.rl["value"])
+        k = self.k if self.method == "ketchup" else 1  # llmr and its baselines: one-step rewards
+        rl = {**RL_DEFAULTS, **self.rl}
+        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
         returns = objectives.kstep_returns(q, v, b.target_mask, k)
         per_token, stats = objectives.policy_gradient_loss(
             target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
-            token_weight=self.rl["token_weight"], denom=self.rl["denom"], clip=self.rl["clip"],
-            baseline="mean" if self.method == "llmr-mean" else "none", entropy_coef=self.rl["entropy_coef"])
+            token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
+            baseline=RL_BASELINES.get(self.method, "none"), baseline_scope=rl["baseline_scope"],
+            entropy_coef=rl["entropy_coef"])
         n = float(b.target_mask.sum())
         rewards = objectives.one_step_rewards(q, v, b.target_mask)
         stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),

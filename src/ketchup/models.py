@@ -35,13 +35,14 @@ def build_model(arch: str, spec: dict[str, Any], tokenizer, seed: int = 0, where
     _check_config_keys(arch, spec["config"], where)
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if arch == "seq2seq":
+        # dropout_rate: T5Config's default 0.1 (pretrained T5's) unless the config sets it
         config = T5Config(vocab_size=len(tokenizer), decoder_start_token_id=tokenizer.pad_token_id,
-                          **ids, **{"dropout_rate": 0.0, **spec["config"]})
+                          **ids, **spec["config"])
     else:
         config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                              **ids, **spec["config"])
     torch.manual_seed(seed)
-    model = AUTO_CLASSES[arch].from_config(config)
+    model = AUTO_CLASSES[arch].from_config(config).eval()  # eval mode, as from_pretrained returns it
     return model.to(dtype) if dtype is not None else model
 
 

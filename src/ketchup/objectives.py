@@ -34,13 +34,16 @@ __all__ = [
     "one_step_rewards",
     "kstep_returns",
     "policy_gradient_loss",
+    "score_norms",
+    "minvar_baseline",
     "cross_entropy",
 ]
 
 DIVERGENCES = ("kl", "js", "tvd")
 LOG_FLOOR = -1e30
 _TOKEN_WEIGHTS = ("prob", "one")
-_BASELINES = ("none", "mean")
+_BASELINES = ("none", "mean", "minvar")
+_BASELINE_SCOPES = ("sequence", "batch")
 _VALUES = ("max", "expectation")
 
 
@@ -268,6 +271,80 @@ def kstep_returns(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, k: int) 
 # ---------------------------------------------------------------------------------------------
 
 
+def _score_norms(logp_all: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """c = ||e_y - pi||^2 = 1 - 2 pi(y) + sum_a pi(a)^2 per row of log-probabilities [N, V] (detached)."""
+    with torch.no_grad():
+        pi = logp_all.detach().exp()
+        return (1.0 - 2.0 * _gather_tokens(pi, tokens) + (pi * pi).sum(-1)).clamp(min=0.0)
+
+
+def _baseline(kind: str, adv: torch.Tensor, scores: torch.Tensor | None, rows: torch.Tensor, n_rows: int,
+              scope: str) -> torch.Tensor:
+    """The baseline b for each real token [N] (detached): a (weighted) mean of ``adv`` per row or per batch.
+
+    mean: b = sum_t A_t / n;  minvar: b = sum_t c_t A_t / sum_t c_t (the plain mean where sum_t c_t = 0:
+    then every score function is 0 and no baseline changes the gradient).
+    """
+    with torch.no_grad():
+        weights = torch.ones_like(adv) if kind == "mean" else scores
+        group = rows if scope == "sequence" else torch.zeros_like(rows)
+        size = n_rows if scope == "sequence" else 1
+        zeros = torch.zeros(size, dtype=adv.dtype, device=adv.device)
+        num = zeros.index_add(0, group, weights * adv)
+        den = zeros.index_add(0, group, weights)
+        count = zeros.index_add(0, group, torch.ones_like(adv))
+        mean = zeros.index_add(0, group, adv) / count.clamp(min=1.0)
+        b = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), mean)
+        return b[group]
+
+
+def score_norms(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared norm of the score function with respect to the logits, float32 [B, T], 0 on padding:
+
+        c_t = || d log pi(y_t | s_t) / d z_t ||^2 = || e_{y_t} - pi_t ||^2 = 1 - 2 pi(y_t) + sum_a pi_t(a)^2
+
+    with pi_t = softmax(z_t). Detached (a weight, not a loss).
+    """
+    _check_logits("student_logits", student_logits)
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    if tuple(tokens.shape) != tuple(m.shape):
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(m.shape)}")
+    return _scatter(_score_norms(_log_probs(student_logits[m]), tokens[m]), m)
+
+
+def minvar_baseline(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    scope: str = "sequence",
+) -> torch.Tensor:
+    """The variance-minimising constant baseline, float32 [B, T] (its value at every real token; 0 on padding).
+
+    Per sequence (``scope="sequence"``, as the reference trained one sequence a batch) or over the
+    real tokens of the whole batch (``"batch"``):
+
+        b = sum_t c_t A_t / sum_t c_t,      c_t = ||e_{y_t} - pi_t||^2 = 1 - 2 pi(y_t) + sum_a pi_t(a)^2
+
+    The gradient of sum_t log pi(y_t) (A_t - b) with respect to the logits z_t is (e_{y_t} - pi_t)(A_t - b)
+    at each position, so its squared norm is sum_t c_t (A_t - b)^2, minimised over a constant b at the
+    c-weighted mean above (exact per token: no approximation of the score's norm). Where sum_t c_t = 0
+    (every pi(y_t) = 1) the plain mean of A is returned; the gradient is 0 there for any b.
+    ``advantages`` A_t are the clipped, weighted returns; b carries no gradient (computed detached).
+    Rows of a right-padded batch give the same b as the unpadded rows alone.
+    """
+    if scope not in _BASELINE_SCOPES:
+        raise ValueError(f"unknown baseline scope {scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
+    _check_logits("student_logits", student_logits)
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    for name, t in (("tokens", tokens), ("advantages", advantages)):
+        if tuple(t.shape) != tuple(m.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(m.shape)}")
+    scores = _score_norms(_log_probs(student_logits[m]), tokens[m])
+    rows = m.nonzero()[:, 0]
+    return _scatter(_baseline("minvar", advantages[m].detach().float(), scores, rows, m.shape[0], scope), m)
+
+
 def policy_gradient_loss(
     student_logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -278,6 +355,7 @@ def policy_gradient_loss(
     denom: float = 1.0,
     clip: float | None = 50.0,
     baseline: str = "none",
+    baseline_scope: str = "sequence",
     entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """REINFORCE surrogate on student outputs; returns (per_token_loss float32 [B, T], stats).
@@ -285,7 +363,11 @@ def policy_gradient_loss(
         logp_t = log pi_theta(y_t | s_t) = log_softmax(student_logits_t)[tokens_t]
         w_t    = stopgrad(exp(logp_t))   (``token_weight="prob"``, the reference)  or  1  (``"one"``)
         A_t    = clip(w_t * G_t / denom, -clip, clip)
-        A_t   -= mean of A over the real tokens of the batch      (``baseline="mean"``; after clipping)
+        A_t   -= b, after clipping:
+                 b = mean_t A_t                                 (``baseline="mean"``)
+                 b = sum_t c_t A_t / sum_t c_t, c_t = ||e_{y_t} - pi_t||^2   (``"minvar"``, :func:`minvar_baseline`)
+                 over each sequence's real tokens (``baseline_scope="sequence"``, the reference's batch of
+                 one) or over all real tokens of the batch (``"batch"``)
         loss_t = -logp_t * stopgrad(A_t) - entropy_coef * H_t,    H_t = -sum_a pi(a|s_t) log pi(a|s_t)
 
     ``returns`` are G_t (e.g. from :func:`kstep_returns`); no gradient flows into them or into A.
@@ -300,6 +382,8 @@ def policy_gradient_loss(
         raise ValueError(f"unknown token_weight {token_weight!r}; allowed: {', '.join(_TOKEN_WEIGHTS)}")
     if baseline not in _BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(_BASELINES)}")
+    if baseline_scope not in _BASELINE_SCOPES:
+        raise ValueError(f"unknown baseline_scope {baseline_scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
     if not denom > 0:
         raise ValueError(f"denom must be > 0, got {denom}")
     if clip is not None and not clip > 0:
@@ -318,8 +402,9 @@ def policy_gradient_loss(
         adv = w * g / denom
         if clip is not None:
             adv = adv.clamp(-clip, clip)
-        if baseline == "mean" and adv.numel():
-            adv = adv - adv.mean()
+        if baseline != "none" and adv.numel():
+            scores = _score_norms(logp_all, tokens[m]) if baseline == "minvar" else None
+            adv = adv - _baseline(baseline, adv, scores, m.nonzero()[:, 0], m.shape[0], baseline_scope)
     entropy_grad = entropy_coef != 0.0
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = -(logp_all.exp() * logp_all).sum(-1)

@@ -35,7 +35,7 @@ wildcard_constraints:
     student="|".join(STUDENTS),
     split="train|dev|test",
     seed=r"\d+",
-    method=r"prompted|sft|seqkd|kl|js|tvd|llmr|llmr-mean|ketchup|ketchup-k\d+",
+    method="|".join(kconfig.METHODS) + r"|ketchup-k\d+",
 
 
 def task_cfg(task):
@@ -119,7 +119,7 @@ def tokenizer_input(wildcards):
     return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
 
 
-RL_METHODS = ["llmr", "llmr-mean", "ketchup"]
+RL_METHODS = list(kconfig.RL_METHODS)
 
 
 def student_init(wildcards):

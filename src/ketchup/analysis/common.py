@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ketchup.config import TASK_KINDS
+from ketchup.config import METHODS, TASK_KINDS
 
 # ketchup.metrics.PRIMARY, copied so that table jobs do not import the metric libraries (nltk: ~1.5 s);
 # tests/test_analysis.py checks that the two agree.
@@ -18,10 +18,10 @@ MODEL_PATTERN = re.compile(r"students/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<met
 PREDICTION_PATTERN = re.compile(
     r"predictions/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)\.jsonl$")
 
-METHOD_ORDER = ["teacher", "prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
+METHOD_ORDER = ["teacher", *METHODS]
 METHOD_NAMES = {"teacher": "Teacher", "prompted": "Prompted student", "sft": "SFT", "seqkd": "SeqKD",
                 "kl": "KL", "js": "JS", "tvd": "TVD", "llmr": "LLMR", "llmr-mean": "LLMR + mean baseline",
-                "ketchup": "KETCHUP"}
+                "llmr-minvar": "LLMR + min-variance baseline", "ketchup": "KETCHUP"}
 TASK_NAMES = {"xsum": "XSum", "en_nl": "EN-NL", "gsm8k": "GSM8K"}
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF",
                 "accuracy": "accuracy"}

@@ -4,8 +4,8 @@ For one task, student size and seed (DESIGN.md section 2; the RL students start 
 
 1. draw ``n_minibatches`` minibatches of ``batch_size`` training sources once (seeded permutation of
    the RL training data, results/teacher_outputs/{task}/train.jsonl) and decode one rollout per
-   source with the KL student (``rl.rollout``: sampled or greedy; seeded), exactly as the RL
-   objective does (:meth:`ketchup.methods.Objective.rollout`);
+   source with the KL student (``rl.rollout``: sampled or greedy; ``rl.rollout_dropout``: with
+   dropout on or off; seeded), exactly as the RL objective does (:meth:`ketchup.methods.Objective.rollout`);
 2. score every rollout once with the teacher: q_t, V_t (:func:`ketchup.objectives.induced_values`);
 3. for every K, on those same rollouts: returns G_t = :func:`ketchup.objectives.kstep_returns`
    (q, V, K), the loss of :func:`ketchup.objectives.policy_gradient_loss` (the config's rl
@@ -15,8 +15,9 @@ For one task, student size and seed (DESIGN.md section 2; the RL students start 
 4. report the trace of the covariance of g_1(K)..g_m(K), its bootstrap CI over the minibatches, the
    mean gradient norm and related numbers (:func:`ketchup.analysis.variance.summarize`).
 
-The student is in eval mode (no dropout), so the only randomness is the minibatch draw and the
-rollouts: what the estimator's variance is about. Gradients are kept as exact float64 vectors when
+The student's loss is taken in eval mode (no dropout), so the only randomness is the minibatch draw
+and the rollouts (sampling, and dropout while decoding when ``rl.rollout_dropout``): what the
+estimator's variance is about. Gradients are kept as exact float64 vectors when
 m x (number of K) x P of them fit in ``EXACT_MAX_BYTES`` and no ``projection_dim`` is given, else as
 a seeded :class:`~ketchup.analysis.variance.CountSketch` of ``projection_dim`` (default 2**20)
 coordinates; the output says which.
@@ -63,13 +64,14 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     from ketchup import objectives
     from ketchup.analysis import variance
     from ketchup.batching import make_batch, target_logits
+    from ketchup.config import RL_DEFAULTS
     from ketchup.methods import Objective
     from ketchup.models import load_model, load_tokenizer, n_parameters
     from ketchup.stages import compute_device, teacher_dtype
 
     started = time.perf_counter()
     device = compute_device()
-    arch, rl, ks = spec["arch"], spec["rl"], [int(k) for k in spec["ks"]]
+    arch, rl, ks = spec["arch"], {**RL_DEFAULTS, **spec["rl"]}, [int(k) for k in spec["ks"]]
     m, bs, seed = int(spec["n_minibatches"]), int(spec["batch_size"]), int(spec["sample_seed"])
     tok = load_tokenizer(student_dir)
     student = load_model(arch, student_dir).to(device).eval()
@@ -86,7 +88,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     rows = read_jsonl(train_outputs)
     batches = minibatch_indices(len(rows), m, bs, seed)
     objective = Objective("ketchup", arch, tok, teacher=teacher, max_new_tokens=spec["max_target_length"], rl=rl)
-    torch.manual_seed(seed)  # the sampled rollouts
+    torch.manual_seed(seed)  # the sampled rollouts and their dropout masks
     vectors: dict[int, list] = {k: [] for k in ks}
     norms: dict[int, list[float]] = {k: [] for k in ks}
     stats: dict[int, list[dict[str, float]]] = {k: [] for k in ks}
@@ -132,7 +134,8 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
                          "mean_loss": mean("loss"), "gram": gram.tolist(), "norms": norms[k]})
     result = {
         "task": spec["task"], "student": spec["student"], "seed": int(spec["seed"]), "params": int(n_params),
-        "n_minibatches": m, "batch_size": bs, "rollout": rl["rollout"], "sample_seed": seed,
+        "n_minibatches": m, "batch_size": bs, "rollout": rl["rollout"],
+        "rollout_dropout": bool(rl["rollout_dropout"]), "sample_seed": seed,
         "projection": "exact" if exact else "countsketch", "dim": int(flat if exact else sketch.dim),
         "resamples": int(spec["resamples"]), "confidence": float(spec["confidence"]),
         "mean_rollout_tokens": float(np.mean(lengths)), "mean_tokens_per_minibatch": float(np.mean(tokens_per_batch)),

@@ -10,7 +10,7 @@ included; the ``comparable`` column says whether a row is a like-for-like reprod
     comparable = the task is loaded from the hub (not synthetic / local)
                  and the teacher's model is the paper's (by name, e.g. google/flan-t5-xl)
                  and, except for the teacher row, the student's model is the paper's (t5-base / Qwen1.5-0.5B)
-                 and the method exists in this pipeline (the paper's min-variance LLMR baseline does not).
+                 and the config has the method (every paper row is one of this pipeline's methods).
 
 ``note`` says why a row is not comparable. ``difference`` is ours minus the paper's (same scale:
 ROUGE-1 F1 x100, BLEU, accuracy %); ``ours_*`` are empty where we have no such run.
