@@ -3,6 +3,7 @@ and a Snakemake dry run with a bad config stops before building any job."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,36 +130,43 @@ def test_every_error_is_listed(default_config):
     _raises(default_config, "tasks.xsum.k", "methods", "dpo")
 
 
-def test_method_names_agree_everywhere():
-    """One list of methods (ketchup.config.METHODS): the schema, the families, the tables, the DAG."""
+def test_method_names_agree_everywhere(monkeypatch):
+    """One description of each method (ketchup.registry): the schema, the families, the tables, the DAG."""
+    from ketchup import registry
     from ketchup.analysis.common import METHOD_NAMES, METHOD_ORDER
     from ketchup.analysis.paper import paper_numbers
-    from ketchup.methods import DIVERGENCES, RL, RL_BASELINES, SUPERVISED, TRAINS_ON
     from ketchup.tables import method_k
 
-    methods = list(kconfig.METHODS)
-    schema = yaml.safe_load(kconfig.SCHEMA_PATH.read_text())["properties"]
-    assert schema["methods"]["items"]["enum"] == methods
-    assert schema["method_overrides"]["propertyNames"]["enum"] == methods[1:]
-    assert schema["judge"]["properties"]["baseline"]["enum"] == methods
+    methods = registry.NAMES
+    schema = kconfig.load_schema()["$defs"]
+    assert schema["method"]["enum"] == methods and schema["trained_method"]["enum"] == methods[1:]
+    raw = kconfig.SCHEMA_PATH.read_text()
+    assert not any(f" {m}," in raw or f"[{m}," in raw for m in ("llmr-mean", "prompted")), "names listed twice"
     assert METHOD_ORDER == ["teacher", *methods] and set(METHOD_NAMES) == set(METHOD_ORDER)
-    assert ["prompted", *SUPERVISED, *DIVERGENCES, *RL] == methods and set(TRAINS_ON) == set(methods[1:])
-    assert set(RL_BASELINES) < set(RL) and set(paper_numbers().method) <= set(METHOD_ORDER)
-    assert {m: method_k(m, 8) for m in RL} == {"llmr": 1, "llmr-mean": 1, "llmr-minvar": 1, "ketchup": 8}
+    assert set(paper_numbers().method) <= set(METHOD_ORDER)
+    assert {m: method_k(m, 8) for m in registry.RL_METHODS} == {"llmr": 1, "llmr-mean": 1, "llmr-minvar": 1,
+                                                               "ketchup": 8}
+    assert method_k("ketchup-k4", 8) == 4 and method_k("kl", 8) is None
     common = (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text()
-    assert 'method="|".join(kconfig.METHODS)' in common and "RL_METHODS = list(kconfig.RL_METHODS)" in common
+    assert "method=registry.run_pattern()" in common
     for path in [REPO_ROOT / "config.yaml", *PAPER_CONFIGS]:
         config = yaml.safe_load(path.read_text())
         assert config["methods"] == methods, path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
-        overrides = [config.get("method_overrides", {}).get(m) for m in kconfig.RL_METHODS]
+        overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS]
         assert all(o == overrides[0] for o in overrides), path.name
+    # A method added to the registry alone is known everywhere the names are read from it.
+    new = registry.Method("new-rl", "rl", "teacher", "task", "kl")
+    monkeypatch.setitem(registry.METHODS, "new-rl", new)
+    monkeypatch.setattr(registry, "NAMES", [*registry.NAMES, "new-rl"])
+    assert "new-rl" in kconfig.load_schema()["$defs"]["method"]["enum"]
+    assert re.fullmatch(registry.run_pattern(), "new-rl") and method_k("new-rl", 8) == 8
 
 
 # --- cross-key rules ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", kconfig.RL_METHODS)
+@pytest.mark.parametrize("method", ["llmr", "llmr-mean", "llmr-minvar", "ketchup"])
 def test_rl_methods_need_kl(default_config, method):
     default_config["methods"] = ["sft", method]
     _raises(default_config, "methods", "kl", method)

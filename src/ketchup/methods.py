@@ -14,16 +14,8 @@ import torch
 
 from ketchup import objectives
 from ketchup.batching import Batch, generate, target_logits
-from ketchup.config import RL_DEFAULTS, RL_METHODS
-
-SUPERVISED = ("sft", "seqkd")
-DIVERGENCES = ("kl", "js", "tvd")
-RL = RL_METHODS
-# The baseline of each RL method's advantages (ketchup and llmr: none).
-RL_BASELINES = {"llmr-mean": "mean", "llmr-minvar": "minvar"}
-# Which targets each method trains on: ground truth, or the teacher's greedy outputs.
-TRAINS_ON = {"sft": "ground_truth", "seqkd": "teacher", "kl": "teacher", "js": "teacher", "tvd": "teacher",
-             **{method: "teacher" for method in RL}}
+from ketchup import registry
+from ketchup.config import RL_DEFAULTS
 
 
 def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
@@ -49,13 +41,17 @@ class Objective:
     teacher: torch.nn.Module | None = None
     max_new_tokens: int = 64
     rl: dict[str, Any] = field(default_factory=dict)
-    k: int = 1
+    k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
+
+    @property
+    def family(self) -> str:
+        return registry.get(self.method).family
 
     def rollout(self, student, batch: Batch) -> dict[str, Batch]:
         """The batches the loss is taken on, decoded without gradient where the method samples."""
-        if self.method in SUPERVISED or self.method == "kl":
+        if self.family == "supervised" or self.method == "kl":
             return {"data": batch}
-        if self.method in ("js", "tvd"):
+        if self.family == "divergence":
             data, rest = split_for_two_sources(batch)
             sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True)
             return {"data": data, "student": sampled}
@@ -74,7 +70,7 @@ class Objective:
 
     def loss(self, student, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Per-token loss [B, T] and mask; the loop sums and divides by the real-token count."""
-        if self.method in SUPERVISED:
+        if self.family == "supervised":
             b = batches["data"]
             return objectives.cross_entropy(target_logits(student, self.arch, b), b.target_ids, b.target_mask), \
                 b.target_mask, {}
@@ -83,7 +79,7 @@ class Objective:
             per_token = objectives.token_divergence(target_logits(student, self.arch, b), self._teacher_logits(b),
                                                     "kl", b.target_mask)
             return per_token, b.target_mask, {}
-        if self.method in DIVERGENCES:
+        if self.family == "divergence":
             return self._two_source_divergence(student, batches)
         return self._policy_gradient(student, batches["student"])
 
@@ -108,14 +104,13 @@ class Objective:
         return torch.cat([pad(p) for p in parts]), torch.cat([pad(m) for m in masks]), stats
 
     def _policy_gradient(self, student, b: Batch):
-        k = self.k if self.method == "ketchup" else 1  # llmr and its baselines: one-step rewards
         rl = {**RL_DEFAULTS, **self.rl}
         q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
-        returns = objectives.kstep_returns(q, v, b.target_mask, k)
+        returns = objectives.kstep_returns(q, v, b.target_mask, self.k)
         per_token, stats = objectives.policy_gradient_loss(
             target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
             token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
-            baseline=RL_BASELINES.get(self.method, "none"), baseline_scope=rl["baseline_scope"],
+            baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"],
             entropy_coef=rl["entropy_coef"])
         n = float(b.target_mask.sum())
         rewards = objectives.one_step_rewards(q, v, b.target_mask)

@@ -34,9 +34,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("tvd", "divergence", "teacher", None, None),
     Method("llmr", "rl", "teacher", "one", "kl"),
     Method("llmr-mean", "rl", "teacher", "one", "kl", baseline="mean"),
+    Method("llmr-minvar", "rl", "teacher", "one", "kl", baseline="minvar"),
     Method("ketchup", "rl", "teacher", "task", "kl"),
 )}
-NAMES = list(METHODS)
+NAMES = list(METHODS)  # the paper's row order
 RL_METHODS = [name for name, m in METHODS.items() if m.family == "rl"]
 TRAINED_METHODS = [name for name, m in METHODS.items() if m.family != "untrained"]
 

@@ -171,13 +171,14 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
 
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
                    init_dir: str | None, ckpt_dir: str, out_dir: str) -> None:
-    from ketchup.methods import TRAINS_ON, Objective
+    from ketchup import registry
+    from ketchup.methods import Objective
     from ketchup.models import load_model
     from ketchup.training import TrainData, train
 
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
-    if TRAINS_ON[method] == "ground_truth":
+    if registry.get(method).trains_on == "ground_truth":
         train_path = Path(data_dir) / "train.jsonl"
         train_ex = sources.examples(task, train_path, spec["prompt"])
         data_ = TrainData([e["source"] for e in train_ex], [e["target"] for e in train_ex])
@@ -185,8 +186,7 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
         train_path = Path(teacher_outputs_dir) / "train.jsonl"
         rows = read_jsonl(train_path)
         data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
-    needs_teacher = method not in ("sft", "seqkd")
-    teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if needs_teacher else None
+    teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if registry.get(method).needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1))
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],

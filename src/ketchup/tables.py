@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ketchup import registry
 from ketchup.io import atomic_path, read_json
 
 COLUMNS = ["task", "metric", "student", "method", "k", "seeds", "mean", "std"]
@@ -17,14 +18,11 @@ TEACHER_PATTERN = re.compile(r"metrics/(?P<task>[^/]+)/teacher\.json$")
 
 
 def method_k(method: str, task_k: int) -> int | None:
-    """K of a method's returns: 1 for LLMR, the task's K for KETCHUP, ``ketchup-k{K}`` for the sweep."""
-    if method.startswith("llmr"):
-        return 1
-    if method == "ketchup":
-        return task_k
-    if match := re.fullmatch(r"ketchup-k(\d+)", method):
-        return int(match.group(1))
-    return None
+    """K of a run's returns (RL runs only; ketchup.registry decides it)."""
+    if method == "teacher":
+        return None
+    name, k = registry.method_and_k(method, task_k)
+    return k if registry.get(name).family == "rl" else None
 
 
 def parse_run(path: str) -> dict[str, Any]:

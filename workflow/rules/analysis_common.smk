@@ -20,7 +20,7 @@ def sweep_run(task, k):
     same = kconfig.optim_settings(config, "llmr") == kconfig.optim_settings(config, "ketchup")
     if k == 1 and "llmr" in METHODS and same:
         return "llmr"
-    return f"ketchup-k{k}"
+    return registry.sweep_run(k)
 
 
 def sweep_runs():

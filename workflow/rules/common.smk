@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, registry  # noqa: E402  (light imports: no torch at DAG build)
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
@@ -27,7 +27,7 @@ METHODS = config["methods"]
 SEEDS = config["seeds"]
 DATA_SEED = config.get("data_seed", 0)
 SPLITS = ["train", "dev", "test"]
-TRAINED_METHODS = [m for m in METHODS if m != "prompted"]
+TRAINED_METHODS = [m for m in METHODS if m in registry.TRAINED_METHODS]
 
 
 wildcard_constraints:
@@ -35,7 +35,7 @@ wildcard_constraints:
     student="|".join(STUDENTS),
     split="train|dev|test",
     seed=r"\d+",
-    method="|".join(kconfig.METHODS) + r"|ketchup-k\d+",
+    method=registry.run_pattern(),
 
 
 def task_cfg(task):
@@ -69,10 +69,8 @@ def teacher_spec(wildcards):
 
 
 def method_and_k(method, task):
-    """A run's objective and K: `ketchup-k{K}` is the K sweep, `ketchup` uses the task's K."""
-    if method.startswith("ketchup-k"):
-        return "ketchup", int(method[len("ketchup-k") :])
-    return method, task_cfg(task).get("k", 1)
+    """A run's objective and K (ketchup.registry: the sweep's runs, K = 1 for LLMR, the task's K)."""
+    return registry.method_and_k(method, task_cfg(task).get("k", 1))
 
 
 def student_spec(wildcards):
@@ -119,12 +117,12 @@ def tokenizer_input(wildcards):
     return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
 
 
-RL_METHODS = list(kconfig.RL_METHODS)
 
 
 def student_init(wildcards):
-    if method_and_k(wildcards.method, wildcards.task)[0] in RL_METHODS:
-        return f"results/models/students/{wildcards.task}/{wildcards.student}/kl/seed{wildcards.seed}"
+    start = registry.get(method_and_k(wildcards.method, wildcards.task)[0]).starts_from
+    if start:
+        return f"results/models/students/{wildcards.task}/{wildcards.student}/{start}/seed{wildcards.seed}"
     return []
 
 

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ketchup.config import METHODS, TASK_KINDS
+from ketchup.config import TASK_KINDS
+from ketchup.registry import NAMES as METHODS
 
 # ketchup.metrics.PRIMARY, copied so that table jobs do not import the metric libraries (nltk: ~1.5 s);
 # tests/test_analysis.py checks that the two agree.
