@@ -197,7 +197,10 @@ def score_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predictions
     """Score a deterministic sample of a run's predictions (1-10 per criterion); returns the summary.
 
     Writes ``out_path`` (JSONL) and :func:`summary_path` ``(out_path)``; see the module docstring.
-    Raises :class:`JudgeConfigError` if the judge is disabled or the key variable is not set.
+    Raises :class:`JudgeConfigError` if the judge is disabled or the key variable is not set,
+    :class:`JudgeTransportError` when a request got no reply after every retry, and
+    :class:`JudgeInvalidError` when more than ``judge.max_invalid_fraction`` of the judgements are
+    unparseable; nothing is written then, but every finished judgement is cached.
     """
     return _run_async(ascore_run(judge_cfg, task, predictions_path, out_path, cache_dir))
 
@@ -282,6 +285,7 @@ def pairwise_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predicti
 
     ``baseline`` is only the name recorded in the output (default ``judge.baseline``). The same
     example sample as :func:`score_run` is used; every sampled id must be in the baseline file.
+    Fails as :func:`score_run` does; a pair counts as invalid when either order's reply is.
     """
     return _run_async(apairwise_run(judge_cfg, task, predictions_path, baseline_predictions_path,
                                     out_path, cache_dir, baseline))
