@@ -10,6 +10,7 @@
 - ``[[RATE_LIMIT_ONCE]]``  first request: HTTP 429 (Retry-After: 0); then valid
 - ``[[ERROR_ONCE]]``       first request: HTTP 500; then valid
 - ``[[ALWAYS_500]]``       always HTTP 500
+- ``[[BAD_REQUEST]]``      always HTTP 400 (e.g. a prompt too long for the model)
 - ``[[SLOW_ONCE]]``        first request: answers only after ``slow_s`` seconds; then valid
 - ``[[FENCED]]``           valid JSON inside a ```json fence with prose around it
 - ``[[BIASED]]``           pairwise: always answers "A" (pure position bias)
@@ -129,6 +130,9 @@ class FakeJudgeServer:
         if ("[[ERROR_ONCE]]" in user and n == 0) or "[[ALWAYS_500]]" in user:
             rec["status"] = 500
             return 500, {"error": {"message": "internal error", "type": "server_error"}}, {}, 0.0
+        if "[[BAD_REQUEST]]" in user:
+            rec["status"] = 400
+            return 400, {"error": {"message": "maximum context length exceeded", "type": "invalid_request_error"}}, {}, 0.0
         if "[[SLOW_ONCE]]" in user and n == 0:
             rec["slow"] = True
             delay = self.slow_s

@@ -273,3 +273,12 @@ def test_each_task_decodes_up_to_its_target_length_unless_generation_says(defaul
     bare = {**default_config, "tasks": {"xsum": {"source": "synthetic"}}}
     assert kconfig.task_lengths(bare, "xsum") == (512, 128)
     assert kconfig.generation_settings(bare, "xsum")["max_new_tokens"] == 128
+
+
+def test_split_sizes_take_a_number_or_all(default_config):
+    default_config["tasks"]["gsm8k"] = {"source": "local", "path": "/data/gsm8k", "n_train": "all", "n_test": 100}
+    kconfig.validate(default_config)
+    default_config["tasks"]["gsm8k"]["n_test"] = "some"
+    _raises(default_config, "tasks.gsm8k.n_test")
+    default_config["tasks"]["gsm8k"] = {"source": "synthetic", "n_dev": "all"}  # a generator has no 'all'
+    _raises(default_config, "tasks.gsm8k.n_dev", "hub or local")

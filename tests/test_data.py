@@ -278,8 +278,9 @@ def test_missing_or_empty_local_split(tmp_path, jsonl_writer):
     (d / "dev.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match=r"dev\.jsonl: no records"):
         sources.build("gsm8k", {"source": "local", "path": str(d)}, 0, tmp_path / "out")
-    (d / "dev.jsonl").unlink()
-    with pytest.raises(DataError, match=r"dev\.jsonl: file not found"):
+    (d / "dev.jsonl").unlink()  # optional: dev is then carved from train
+    (d / "test.jsonl").unlink()
+    with pytest.raises(DataError, match=r"test\.jsonl: file not found"):
         sources.build("gsm8k", {"source": "local", "path": str(d)}, 0, tmp_path / "out")
     assert_nothing_written(tmp_path / "out")
 
@@ -407,7 +408,7 @@ def test_hub_gsm8k_carves_dev_from_train(tmp_path, fake_hub):
 def test_hub_name_and_config_can_be_overridden(fake_hub, tmp_path):
     calls, data = fake_hub
     data[("me/gsm8k-copy", "socratic")] = data[("openai/gsm8k", "main")]
-    _build_hub("gsm8k", {"hub_name": "me/gsm8k-copy", "hub_config": "socratic"}, 0, tmp_path)
+    _build_hub("gsm8k", {"hub_name": "me/gsm8k-copy", "hub_config": "socratic", "n_dev": 6}, 0, tmp_path)
     assert calls == [("me/gsm8k-copy", "socratic")]
 
 
@@ -415,7 +416,7 @@ def test_hub_malformed_record_writes_nothing(fake_hub, tmp_path):
     calls, data = fake_hub
     data[("openai/gsm8k", "main")]["test"][3] = {"question": "q?", "answer": "no final answer"}
     with pytest.raises(DataError, match=r"openai/gsm8k\[test\] record 3"):
-        _build_hub("gsm8k", {}, 0, tmp_path / "out")
+        _build_hub("gsm8k", {"n_dev": 6}, 0, tmp_path / "out")
     assert_nothing_written(tmp_path / "out")
 
 
@@ -459,3 +460,159 @@ def test_hub_drops_pairs_with_an_empty_side(fake_hub, tmp_path, caplog):
     assert [len(got[s]) for s in SPLITS] == [46, 5, 7]
     assert all(r["translation"]["en"].strip() and r["translation"]["nl"].strip() for s in SPLITS for r in got[s])
     assert "dropped 2 of 60" in caplog.text
+
+
+# --- nothing silently lost: unique ids, checked sizes, local files as inputs (issue 10) ---------------
+
+
+def test_duplicate_local_ids_name_the_file_and_both_lines(tmp_path, jsonl_writer):
+    d = write_local(tmp_path, jsonl_writer, "xsum", n=4)
+    rows = [hub_record("xsum", i, "test") for i in range(4)]
+    rows[3]["id"] = rows[1]["id"]  # lines 2 and 4 share an id
+    bad = jsonl_writer(d / "test.jsonl", rows)
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as info:
+        sources.build("xsum", {"source": "local", "path": str(d)}, 0, out)
+    message = str(info.value)
+    assert f"{bad}:4" in message and f"{bad}:2" in message and repr(rows[1]["id"]) in message, message
+    assert_nothing_written(out)
+
+
+def test_duplicate_ids_compare_as_written(tmp_path, jsonl_writer):
+    # A number and its string are one id in the examples; an explicit id can hit an assigned one.
+    d = write_local(tmp_path, jsonl_writer, "gsm8k", n=3)
+    bad = jsonl_writer(d / "train.jsonl", [{**GOOD_GSM8K, "id": 7}, GOOD_GSM8K, {**GOOD_GSM8K, "id": "7"}])
+    with pytest.raises(DataError, match=re.escape(f"{bad}:3: duplicate example id '7', already used at {bad}:1")):
+        sources.build("gsm8k", {"source": "local", "path": str(d)}, 0, tmp_path / "out")
+    bad = jsonl_writer(d / "train.jsonl", [GOOD_GSM8K, {**GOOD_GSM8K, "id": "gsm8k-train-0"}])
+    with pytest.raises(DataError, match=re.escape(f"{bad}:2: duplicate example id 'gsm8k-train-0'")):
+        sources.build("gsm8k", {"source": "local", "path": str(d)}, 0, tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_duplicate_hub_ids_are_an_error(fake_hub, tmp_path):
+    calls, data = fake_hub
+    data[("EdinburghNLP/xsum", None)]["test"][4]["id"] = data[("EdinburghNLP/xsum", None)]["test"][1]["id"]
+    with pytest.raises(DataError, match=re.escape("hub:EdinburghNLP/xsum[test] record 4: duplicate example id "
+                                                  "'test00001', already used at hub:EdinburghNLP/xsum[test] record 1")):
+        _build_hub("xsum", {}, 0, tmp_path / "out")
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_synthetic_ids_unique_in_every_split_at_default_sizes(tmp_path, task):
+    sources.build(task, {"source": "synthetic"}, 3, tmp_path)
+    for path in split_files(tmp_path):
+        ids = [str(r["id"]) for r in read_jsonl(path)]
+        assert len(ids) == len(set(ids)) > 0
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_local_size_larger_than_the_data_is_an_error(tmp_path, jsonl_writer, split):
+    d = write_local(tmp_path, jsonl_writer, "en_nl", n=6)
+    with pytest.raises(DataError) as info:
+        sources.build("en_nl", {"source": "local", "path": str(d), f"n_{split}": 7}, 0, tmp_path / "out")
+    message = str(info.value)
+    assert f"tasks.en_nl.n_{split}" in message and "only 6" in message and str(d / f"{split}.jsonl") in message, message
+    assert "'all'" in message
+    assert_nothing_written(tmp_path / "out")
+    # 'all' keeps every record, as does leaving the key out; the exact count is fine.
+    sources.build("en_nl", {"source": "local", "path": str(d), f"n_{split}": "all"}, 0, tmp_path / "a")
+    sources.build("en_nl", {"source": "local", "path": str(d), f"n_{split}": 6}, 0, tmp_path / "b")
+    for out in ("a", "b"):
+        assert [len(read_jsonl(p)) for p in split_files(tmp_path / out)] == [6, 6, 6]
+
+
+def test_local_without_dev_carves_a_checked_seeded_slice(tmp_path, jsonl_writer):
+    d = write_local(tmp_path, jsonl_writer, "gsm8k", n=10)
+    (d / "dev.jsonl").unlink()
+    spec = {"source": "local", "path": str(d), "n_dev": 3}
+    sources.build("gsm8k", spec, 0, tmp_path / "a")
+    got = {s: read_jsonl(tmp_path / "a" / f"{s}.jsonl") for s in SPLITS}
+    assert [len(got[s]) for s in SPLITS] == [7, 3, 10]
+    questions = {s: {r["question"] for r in got[s]} for s in ("train", "dev")}
+    assert not questions["train"] & questions["dev"]
+    assert questions["train"] | questions["dev"] == {hub_record("gsm8k", i)["question"] for i in range(10)}
+    sources.build("gsm8k", spec, 0, tmp_path / "b")
+    assert [p.read_bytes() for p in split_files(tmp_path / "b")] == [p.read_bytes() for p in split_files(tmp_path / "a")]
+    with pytest.raises(DataError, match=r"tasks\.gsm8k\.n_dev' = 10 .* only 10 records"):  # nothing left for train
+        sources.build("gsm8k", {**spec, "n_dev": 10}, 0, tmp_path / "c")
+    with pytest.raises(DataError, match=r"tasks\.gsm8k\.n_dev' = 500 \(given or default\)"):
+        sources.build("gsm8k", {"source": "local", "path": str(d)}, 0, tmp_path / "c")
+    with pytest.raises(DataError, match=r"tasks\.gsm8k\.n_dev': 'all' is not possible"):
+        sources.build("gsm8k", {**spec, "n_dev": "all"}, 0, tmp_path / "c")
+    with pytest.raises(DataError, match=r"tasks\.gsm8k\.n_train': asks for 8 records but .* has only 7"):
+        sources.build("gsm8k", {**spec, "n_train": 8}, 0, tmp_path / "c")
+    assert_nothing_written(tmp_path / "c")
+
+
+def test_hub_sizes_are_checked(fake_hub, tmp_path):
+    with pytest.raises(DataError, match=r"tasks\.xsum\.n_test': asks for 7 records but hub:EdinburghNLP/xsum\[test\] "
+                                        r"has only 6"):
+        _build_hub("xsum", {"n_test": 7}, 0, tmp_path / "out")
+    with pytest.raises(DataError, match=r"tasks\.en_nl\.n_dev \+ tasks\.en_nl\.n_test' = 60 .* only 60 records"):
+        _build_hub("en_nl", {"n_dev": 30, "n_test": 30}, 0, tmp_path / "out")
+    with pytest.raises(DataError, match=r"tasks\.en_nl\.n_train': asks for 49 records .* has only 48"):
+        _build_hub("en_nl", {"n_dev": 5, "n_test": 7, "n_train": 49}, 0, tmp_path / "out")
+    calls, _ = fake_hub
+    n_calls = len(calls)
+    with pytest.raises(DataError, match=r"tasks\.gsm8k\.n_dev': 'all' is not possible"):
+        _build_hub("gsm8k", {"n_dev": "all"}, 0, tmp_path / "out")
+    assert len(calls) == n_calls  # found before the download
+    assert_nothing_written(tmp_path / "out")
+    got = _build_hub("xsum", {"n_train": "all", "n_test": 6}, 0, tmp_path / "ok")
+    assert [len(got[s]) for s in SPLITS] == [20, 5, 6]
+
+
+def test_local_split_files_are_checked_and_listed(tmp_path, jsonl_writer):
+    d = write_local(tmp_path, jsonl_writer, "gsm8k", n=3)
+    spec = {"source": "local", "path": str(d)}
+    assert sources.local_split_files("gsm8k", spec) == split_files(d)
+    (d / "dev.jsonl").unlink()  # optional
+    assert sources.local_split_files("gsm8k", spec) == [d / "train.jsonl", d / "test.jsonl"]
+    (d / "test.jsonl").unlink()
+    with pytest.raises(DataError, match=re.escape(f"config key 'tasks.gsm8k.path': {d / 'test.jsonl'} not found")):
+        sources.local_split_files("gsm8k", spec)
+    with pytest.raises(DataError, match=re.escape(f"config key 'tasks.gsm8k.path': {tmp_path / 'nope'} is not a directory")):
+        sources.local_split_files("gsm8k", {"source": "local", "path": str(tmp_path / "nope")})
+
+
+def _local_config(tmp_path: Path, path: str) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((REPO_ROOT / "workflow" / "configs" / "test.yaml").read_text())
+    cfg["tasks"] = {"gsm8k": {"source": "local", "path": path, "max_source_length": 32, "max_target_length": 20}}
+    out = tmp_path / "config.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def test_missing_local_folder_stops_the_dag_build(tmp_path):
+    from snakemake_runner import snakemake
+
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, _local_config(tmp_path, "data/mine"), "-n", "results/data/gsm8k/train.jsonl",
+                     check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "tasks.gsm8k.path" in out and "data/mine" in out and "not a directory" in out, out
+    assert "Traceback" not in out, out
+    assert not (work / "results").exists()
+
+
+def test_edited_local_file_reruns_the_data_rule(tmp_path, jsonl_writer):
+    from snakemake_runner import snakemake
+
+    work = tmp_path / "work"
+    d = write_local(work, jsonl_writer, "gsm8k", n=4)
+    config = _local_config(tmp_path, str(d.relative_to(work)))  # relative to the working directory
+    target = "results/data/gsm8k/test.jsonl"
+    snakemake(work, config, target, timeout=180)
+    assert len(read_jsonl(work / target)) == 4
+    assert "Nothing to be done" in snakemake(work, config, "-n", target, timeout=120).stdout
+    rows = [hub_record("gsm8k", i, "test") for i in range(5)]
+    jsonl_writer(d / "test.jsonl", rows)
+    os.utime(d / "test.jsonl", (os.path.getmtime(work / target) + 5,) * 2)  # newer, even on coarse clocks
+    snakemake(work, config, target, timeout=180)
+    assert len(read_jsonl(work / target)) == 5

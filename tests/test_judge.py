@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,9 @@ from judge_server import FakeJudgeServer  # noqa: E402
 
 from ketchup.judge import protocol  # noqa: E402
 from ketchup.judge.cache import JudgeCache, cache_key  # noqa: E402
-from ketchup.judge.config import JudgeAPIError, JudgeConfigError, check_enabled, is_enabled, load_config  # noqa: E402
+from ketchup.judge.config import (  # noqa: E402
+    JudgeAPIError, JudgeConfigError, JudgeInvalidError, JudgeTransportError, check_enabled, is_enabled, load_config,
+)
 from ketchup.judge.stages import (  # noqa: E402
     ascore_run, judge_table, pairwise_run, parse_run_path, score_run, summary_path,
 )
@@ -215,7 +218,7 @@ def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
     out, cache = tmp_path / "out" / "scores.jsonl", tmp_path / "cache"
     with FakeJudgeServer(slow_s=1.0, expected_key=KEY) as srv:
         t0 = time.monotonic()
-        summary = score_run(make_cfg(srv), "xsum", preds, out, cache)
+        summary = score_run(make_cfg(srv, max_invalid_fraction=0.25), "xsum", preds, out, cache)
         assert time.monotonic() - t0 < 10
         recs = read_jsonl(out)
         assert [r["id"] for r in recs] == [r[0] for r in rows]  # nothing dropped, file order kept
@@ -245,7 +248,7 @@ def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
         # a second run: everything (valid and unparseable) comes from the cache, zero requests
         first = out.read_text()
         n = srv.n_requests
-        summary2 = score_run(make_cfg(srv), "xsum", preds, out, cache)
+        summary2 = score_run(make_cfg(srv, max_invalid_fraction=0.25), "xsum", preds, out, cache)
         assert srv.n_requests == n
         assert summary2["this_run"] == {"api_requests": 0, "cache_hits": len(rows)}
         assert out.read_text() == first
@@ -253,16 +256,85 @@ def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
     assert assert_no_key_in(tmp_path / "out", cache) >= len(rows) + 2
 
 
-def test_transport_failures_are_invalid_and_retried_next_run(tmp_path, key_env, server):
-    preds = write_preds(tmp_path / "p.jsonl", [("ok", "fine", "q=7"), ("bad", "[[ALWAYS_500]]", "q=7")])
-    out, cache = tmp_path / "scores.jsonl", tmp_path / "cache"
-    s = score_run(make_cfg(server, max_retries=2), "xsum", preds, out, cache)
-    recs = {r["id"]: r for r in read_jsonl(out)}
-    assert recs["bad"]["valid"] is False and recs["bad"]["error"] == "HTTP 500" and recs["bad"]["attempts"] == 3
-    assert recs["ok"]["valid"] is True and s["n_invalid"] == 1
-    assert server.n_requests == 4
-    score_run(make_cfg(server, max_retries=2), "xsum", preds, out, cache)  # not cached: asked again
-    assert server.n_requests == 7
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_endpoint_fails_the_run_and_writes_nothing(tmp_path, key_env):
+    preds = write_preds(tmp_path / "p.jsonl", [(f"e{i}", f"s{i}", "q=5") for i in range(3)])
+    out = tmp_path / "o" / "scores.jsonl"
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(JudgeTransportError) as e:
+        score_run(make_cfg(base_url=url, max_retries=1), "xsum", preds, out, tmp_path / "cache")
+    msg = str(e.value)
+    assert url in msg and "after 2 attempt(s)" in msg and "connection error" in msg and KEY not in msg, msg
+    assert not out.exists() and not summary_path(out).exists() and len(JudgeCache(tmp_path / "cache")) == 0
+
+
+def test_unreachable_endpoint_fails_the_cli_job(tmp_path, key_env):
+    preds = write_preds(tmp_path / "p.jsonl", [("e0", "s0", "q=5")])
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ketchup", "judge-score", "--task", "xsum", "--spec",
+         json.dumps(make_cfg(base_url=url, max_retries=0)), "--predictions", str(preds),
+         "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o" / "scores.jsonl")],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert url in proc.stderr and "Traceback" not in proc.stderr and KEY not in proc.stdout + proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("marker, last_error", [("[[ERROR_ONCE]]", "HTTP 500"), ("[[RATE_LIMIT_ONCE]]", "HTTP 429"),
+                                                ("[[SLOW_ONCE]]", "timeout")])
+def test_transport_failure_fails_then_rerun_asks_only_what_is_missing(tmp_path, key_env, marker, last_error):
+    rows = [(f"e{i}", f"source {i}" + (f" {marker}" if i == 4 else ""), f"q={1 + i}") for i in range(8)]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    with FakeJudgeServer(slow_s=1.0) as srv:
+        cfg = make_cfg(srv, max_retries=0)  # the failing request is not retried in this run
+        with pytest.raises(JudgeTransportError, match=re.escape(f"(last: {last_error})")) as e:
+            score_run(cfg, "xsum", preds, out, cache)
+        assert srv.base_url in str(e.value) and str(cache) in str(e.value)
+        assert not out.exists() and not summary_path(out).exists()
+        cached = set(JudgeCache(cache).keys())  # what finished before the failure stopped the run
+        assert len(cached) < len(rows)
+        n_first = srv.n_requests
+        s = score_run(cfg, "xsum", preds, out, cache)  # the server answers it now
+        assert s["this_run"] == {"api_requests": len(rows) - len(cached), "cache_hits": len(cached)}
+        assert s["n_valid"] == len(rows)
+        # the rerun asked exactly the judgements missing from the cache, each once
+        version = protocol.template_version("score")
+        asked = [cache_key(r["model"], r["messages"], r["temperature"], r["max_tokens"], version)
+                 for r in srv.requests[n_first:]]
+        assert len(asked) == len(set(asked)) == len(rows) - len(cached) and not set(asked) & cached
+    assert [r["scores"] for r in read_jsonl(out)] == [expected_scores(1 + i) for i in range(8)]
+
+
+def test_bad_request_fails_at_once(tmp_path, key_env, server):
+    preds = write_preds(tmp_path / "p.jsonl", [("e0", "s [[BAD_REQUEST]]", "q=5")])
+    with pytest.raises(JudgeAPIError, match="HTTP 400.*maximum context length.*judge.max_chars"):
+        score_run(make_cfg(server), "xsum", preds, tmp_path / "o.jsonl", tmp_path / "cache")
+    assert server.n_requests == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_too_many_unparseable_replies_fail_the_run(tmp_path, key_env, server):
+    rows = [(f"e{i}", f"s{i}" + (" [[ALWAYS_MALFORMED]]" if i < 2 else ""), "q=6") for i in range(10)]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    with pytest.raises(JudgeInvalidError) as e:  # 2 of 10 > the default 0.05
+        score_run(make_cfg(server, max_retries=1), "xsum", preds, out, cache)
+    msg = str(e.value)
+    assert "2 of 10" in msg and "judge.max_invalid_fraction = 0.05" in msg and "e0" in msg, msg
+    assert not out.exists() and not summary_path(out).exists()
+    n = server.n_requests
+    assert n == 8 + 2 * 2 and len(JudgeCache(cache)) == 10  # unparseable replies are kept too
+    s = score_run(make_cfg(server, max_retries=1, max_invalid_fraction=0.2), "xsum", preds, out, cache)
+    assert server.n_requests == n and (s["n_valid"], s["n_invalid"]) == (8, 2)  # 0.2 is not above 0.2
 
 
 def test_concurrency_cap_holds(tmp_path, key_env):
@@ -298,7 +370,7 @@ def test_pairwise_both_orders_and_combination(tmp_path, key_env, server):
     method = write_preds(tmp_path / "m.jsonl", [(i, f"src {i} {mk}", f"method says q={qm}") for i, mk, qm, _, _ in cases])
     base = write_preds(tmp_path / "kl.jsonl", [(i, f"src {i} {mk}", f"baseline says q={qb}") for i, mk, _, qb, _ in cases])
     out, cache = tmp_path / "pw" / "pairwise.jsonl", tmp_path / "cache"
-    s = pairwise_run(make_cfg(server), "xsum", method, base, out, cache)
+    s = pairwise_run(make_cfg(server, max_invalid_fraction=0.2), "xsum", method, base, out, cache)
     recs = {r["id"]: r for r in read_jsonl(out)}
     for i, _, qm, qb, combined in cases:
         assert recs[i]["outcome"] == combined, recs[i]
@@ -322,7 +394,9 @@ def test_pairwise_both_orders_and_combination(tmp_path, key_env, server):
         assert (i, "method", "baseline") in shown and (i, "baseline", "method") in shown
 
     n = server.n_requests
-    s2 = pairwise_run(make_cfg(server), "xsum", method, base, out, cache)
+    with pytest.raises(JudgeInvalidError, match="judge pairwise .* 1 of 6"):  # the default allows 0.05
+        pairwise_run(make_cfg(server), "xsum", method, base, out, cache)
+    s2 = pairwise_run(make_cfg(server, max_invalid_fraction=0.2), "xsum", method, base, out, cache)
     assert server.n_requests == n and s2["this_run"]["api_requests"] == 0
     assert assert_no_key_in(out.parent, cache) > 0
 
@@ -400,7 +474,7 @@ def test_judge_table_and_figure(tmp_path, key_env, server):
     ids = [f"x{i}" for i in range(6)]
     qual = {"kl": [4, 5, 6, 4, 5, 6], "ketchup": [7, 8, 6, 9, 7, 8]}
     root = tmp_path / "results" / "judge"
-    cfg = make_cfg(server)
+    cfg = make_cfg(server, max_invalid_fraction=0.2)  # 1 of 6 invalid in one run
     score_files, pair_files = [], []
     for method, qs in qual.items():
         for seed in (0, 1):

@@ -149,7 +149,8 @@ def judge_block(server: FakeJudgeServer) -> dict:
     return {
         "enabled": True, "base_url": server.base_url, "model": "fake-judge-1", "api_key_env": KEY_ENV,
         "temperature": 0.0, "max_tokens": 64, "n_examples": N_EXAMPLES, "seed": 3, "baseline": BASELINE,
-        "concurrency": CONCURRENCY, "max_retries": 3, "timeout_s": 1.0, "backoff_s": 0.01,
+        "concurrency": CONCURRENCY, "max_retries": 3, "max_invalid_fraction": 0.5,  # 1 in 7 always malformed
+        "timeout_s": 1.0, "backoff_s": 0.01,
         "backoff_max_s": 0.05, "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0,
         "criteria": CRITERIA,
     }

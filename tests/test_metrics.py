@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import sacrebleu
@@ -196,3 +198,36 @@ def test_unknown_kind():
 def test_single_string_rejected():
     with pytest.raises(TypeError):
         metrics.bleu("a sentence", "a sentence")
+
+
+# --- the scoring stage: per-example scores cover every prediction (issue 10) ---------------------------
+
+
+def _predictions(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_score_keeps_one_score_per_prediction(tmp_path):
+    from ketchup.scoring import score
+
+    rows = [{"id": i, "prediction": p, "reference": r} for i, (p, r) in enumerate(zip(PREDS, REFS))]
+    score("xsum", str(_predictions(tmp_path / "p.jsonl", rows)), str(tmp_path / "m.json"))
+    out = json.loads((tmp_path / "m.json").read_text())
+    assert out["n"] == len(rows) and list(out["per_example"]) == [str(i) for i in range(len(rows))]
+    assert out["metrics"]["rouge1"] == pytest.approx(sum(out["per_example"].values()) / len(rows))
+
+
+def test_score_rejects_duplicate_ids_naming_both_lines(tmp_path):
+    from ketchup.io import DataError
+    from ketchup.scoring import score
+
+    rows = [{"id": "a", "prediction": "x y", "reference": "x y"}, {"id": "b", "prediction": "x", "reference": "y"},
+            {"id": "a", "prediction": "z", "reference": "y"}]
+    path = _predictions(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: duplicate example id 'a', already used at {path}:1")):
+        score("xsum", str(path), str(tmp_path / "m.json"))
+    path = _predictions(tmp_path / "p.jsonl", [{"id": "a", "prediction": "x"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: missing field(s) ['reference']")):
+        score("xsum", str(path), str(tmp_path / "m.json"))
+    assert not (tmp_path / "m.json").exists()

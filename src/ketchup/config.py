@@ -99,6 +99,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for name, task in config["tasks"].items():
         if task["source"] == "local" and "path" not in task:
             raise ConfigError(f"config key 'tasks.{name}.path': required when source is 'local'")
+        for split in ("train", "dev", "test"):
+            if task["source"] == "synthetic" and task.get(f"n_{split}") == "all":
+                raise ConfigError(f"config key 'tasks.{name}.n_{split}': 'all' needs a hub or local source; "
+                                  "synthetic data is generated to the size asked, give a number")
     tok = config["tokenizer"]
     if tok["kind"] == "pretrained" and "name_or_path" not in tok and "name_or_path" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from ketchup import metrics
 from ketchup.config import TASK_KINDS
-from ketchup.io import read_jsonl, write_json
+from ketchup.io import DataError, numbered_jsonl, write_json
 
 
 def score(task: str, predictions_path: str, out_path: str) -> None:
-    """Corpus metrics and per-example primary scores (for significance tests) of one prediction file."""
-    rows = read_jsonl(predictions_path)
+    """Corpus metrics and per-example primary scores (for significance tests) of one prediction file.
+
+    Every row needs an ``id``, a ``prediction`` and a ``reference``, and ids are unique: the corpus
+    metrics count rows while ``per_example`` keeps one score per id, so the two must cover the same
+    examples (DataError naming the file and lines otherwise).
+    """
+    numbered = numbered_jsonl(predictions_path)
+    seen: dict[str, int] = {}
+    for lineno, row in numbered:
+        missing = [k for k in ("id", "prediction", "reference") if k not in row]
+        if missing:
+            raise DataError(f"{predictions_path}:{lineno}: missing field(s) {missing}")
+        ex_id = str(row["id"])
+        if ex_id in seen:
+            raise DataError(f"{predictions_path}:{lineno}: duplicate example id {ex_id!r}, already used at "
+                            f"{predictions_path}:{seen[ex_id]}")
+        seen[ex_id] = lineno
+    rows = [row for _, row in numbered]
     kind = TASK_KINDS[task]
     preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+    scores = metrics.per_example(kind, preds, refs)
+    per_example = {str(r["id"]): s for r, s in zip(rows, scores)}
+    if not len(scores) == len(per_example) == len(rows):  # one score per prediction, keyed by its id
+        raise DataError(f"{predictions_path}: {len(rows)} predictions but {len(scores)} per-example scores "
+                        f"for {len(per_example)} ids")
     write_json(out_path, {"task": task, "n": len(rows), "metrics": metrics.compute(kind, preds, refs),
-                          "per_example": {r["id"]: s for r, s in zip(rows, metrics.per_example(kind, preds, refs))}})
+                          "per_example": per_example})

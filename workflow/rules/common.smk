@@ -8,6 +8,8 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
 from ketchup import config as kconfig, jobenv, registry  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup.data import sources as ksources  # noqa: E402
+from ketchup.io import DataError  # noqa: E402
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
@@ -40,6 +42,19 @@ wildcard_constraints:
 
 def task_cfg(task):
     return config["tasks"][task]
+
+
+def local_files(task):
+    """A `source: local` task's split files: inputs of the data rule, so an edited file reruns it."""
+    spec = task_cfg(task)
+    return [str(p) for p in ksources.local_split_files(task, spec)] if spec["source"] == "local" else []
+
+
+# A missing local data folder or split file stops the DAG build, naming tasks.<task>.path.
+try:
+    LOCAL_FILES = {task: local_files(task) for task in TASKS}
+except DataError as exc:
+    raise WorkflowError(str(exc))
 
 
 def as_json(obj):

@@ -1,7 +1,10 @@
-# Task data in the hub schema: synthetic (seeded), from the hub by name, or local JSONL.
+# Task data in the hub schema: synthetic (seeded), from the hub by name, or local JSONL (its split
+# files are the rule's inputs, so editing one reruns the rule and everything downstream).
 
 
 rule data:
+    input:
+        lambda wildcards: LOCAL_FILES[wildcards.task],
     output:
         expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
     params:

@@ -7,10 +7,15 @@
   ours: HTTP 408/409/425/429/5xx, timeouts and connection errors are retried after
   ``min(backoff_s * 2**attempt, backoff_max_s)`` seconds (plus up to 10 % jitter; a larger
   ``Retry-After`` header is honoured, capped at ``backoff_max_s``); an unparseable reply is retried
-  at once. At most ``1 + max_retries`` attempts in all; after that the judgement is returned as
-  invalid (``valid=False`` with an ``error``), never dropped.
+  at once. At most ``1 + max_retries`` attempts in all.
+* Only a reply that cannot be parsed after every attempt is a judgement recorded as invalid
+  (``valid=False`` with an ``error``, cached, never dropped); the stages fail the job when more
+  than ``judge.max_invalid_fraction`` of them are invalid.
+* No reply after every attempt (connection refused, DNS, TLS, timeouts, 429/5xx) raises
+  :class:`JudgeTransportError` naming ``base_url`` (never the key); the stage then stops, and every
+  judgement that finished is already cached, so a rerun asks only the rest.
 * 401/403/404 raise :class:`JudgeAPIError` at once (wrong key, model or URL: retrying cannot help);
-  other 4xx (e.g. 400 context too long) make that judgement invalid.
+  so does any other 4xx (e.g. 400, a prompt too long for the model: lower ``judge.max_chars``).
 * A semaphore caps the requests in flight at ``judge.concurrency``.
 * Token usage of every attempt that got a reply is summed, and priced with the config's prices.
 """
@@ -27,9 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 import openai
 
 from .cache import JudgeCache, cache_key
-from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, get_api_key, load_config
+from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, JudgeTransportError, get_api_key, load_config
 
-__all__ = ["JudgeClient", "Judgement", "JudgeConfigError", "JudgeAPIError"]
+__all__ = ["JudgeClient", "Judgement", "JudgeConfigError", "JudgeAPIError", "JudgeTransportError"]
 
 log = logging.getLogger("ketchup.judge")
 
@@ -131,6 +136,14 @@ class JudgeClient:
                     )
             async with self._sem:
                 j = await self._request(key, messages, parse)
+            if not j.valid and not j.cacheable:  # no reply after every attempt: fail, cache nothing
+                where = f"; finished judgements are cached in {self.cache.root}, a rerun asks only the rest" \
+                    if self.cache is not None else ""
+                raise JudgeTransportError(
+                    f"judge endpoint {c.base_url} gave no usable reply after {j.attempts} attempt(s) "
+                    f"(last: {j.error}){where}. Check that the endpoint is up and reachable, or raise "
+                    f"judge.max_retries / judge.timeout_s."
+                )
             if self.cache is not None and j.cacheable:
                 self.cache.put(key, {
                     "kind": kind, "model": c.model, "template_version": template_version,
@@ -171,9 +184,12 @@ class JudgeClient:
                         log.info("judge: HTTP %s, retry %d/%d in %.2fs", status, attempt + 1, c.max_retries, delay)
                         await asyncio.sleep(delay)
                     continue
-                j.cacheable = False  # other 4xx: this request cannot succeed as it is
-                log.warning("judge: HTTP %s (%s); judgement recorded as invalid", status, type(exc).__name__)
-                break
+                # other 4xx: this request cannot succeed as it is, and it is no reply to parse
+                raise JudgeAPIError(
+                    f"judge endpoint {c.base_url} answered HTTP {status} ({type(exc).__name__}) for model "
+                    f"{c.model!r}: {self._scrub(str(getattr(exc, 'message', '') or exc))[:300]} "
+                    f"(a prompt too long for the model? lower judge.max_chars)"
+                ) from None
             except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
                 j.error, j.cacheable = "timeout", False
                 if not last:
@@ -182,7 +198,8 @@ class JudgeClient:
                     await asyncio.sleep(delay)
                 continue
             except openai.APIConnectionError as exc:
-                j.error, j.cacheable = f"connection error ({type(exc).__name__})", False
+                cause = f": {self._scrub(str(exc.__cause__))[:200]}" if exc.__cause__ is not None else ""
+                j.error, j.cacheable = f"connection error ({type(exc).__name__}{cause})", False
                 if not last:
                     delay = self._delay(attempt)
                     log.info("judge: connection error, retry %d/%d in %.2fs", attempt + 1, c.max_retries, delay)
@@ -210,7 +227,7 @@ class JudgeClient:
             j.error, j.cacheable = "unparseable reply", True
             if not last:
                 log.info("judge: unparseable reply, retry %d/%d", attempt + 1, c.max_retries)
-        if not j.valid:
+        if not j.valid and j.cacheable:
             log.warning("judge: judgement invalid after %d attempt(s): %s", j.attempts, j.error)
         j.cost_usd = c.cost(j.prompt_tokens, j.completion_tokens)
         return j

@@ -17,7 +17,15 @@ class JudgeConfigError(RuntimeError):
 
 
 class JudgeAPIError(RuntimeError):
-    """The judge endpoint rejected us in a way retrying cannot fix (401/403/404)."""
+    """The judge endpoint rejected us in a way retrying cannot fix (401/403/404, other 4xx)."""
+
+
+class JudgeTransportError(JudgeAPIError):
+    """No reply after every retry (connection refused, DNS, TLS, timeouts, HTTP 429/5xx): the job fails."""
+
+
+class JudgeInvalidError(JudgeAPIError):
+    """More unparseable replies than ``judge.max_invalid_fraction`` allows: the job fails."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class JudgeConfig:
     price_per_1k_completion_tokens: float = 0.0
     criteria: tuple[str, ...] = DEFAULT_CRITERIA
     max_chars: int | None = 6000  # source/reference/output longer than this are cut (cost bound)
+    max_invalid_fraction: float = 0.05  # above this share of unparseable judgements the job fails
     task_descriptions: Mapping[str, str] = field(default_factory=dict)  # task name -> text
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -62,7 +71,7 @@ def load_config(cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
     kw = {k: v for k, v in cfg.items() if k in _FIELDS}
     try:
         for k in ("temperature", "timeout_s", "backoff_s", "backoff_max_s",
-                  "price_per_1k_prompt_tokens", "price_per_1k_completion_tokens"):
+                  "price_per_1k_prompt_tokens", "price_per_1k_completion_tokens", "max_invalid_fraction"):
             if k in kw:
                 kw[k] = float(kw[k])
         for k in ("max_tokens", "seed", "concurrency", "max_retries"):
@@ -94,6 +103,8 @@ def load_config(cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
         problems.append("judge.timeout_s must be > 0")
     if c.backoff_s < 0 or c.backoff_max_s < 0:
         problems.append("judge.backoff_s / backoff_max_s must be >= 0")
+    if not 0 <= c.max_invalid_fraction <= 1:
+        problems.append("judge.max_invalid_fraction must be between 0 and 1")
     if c.max_tokens < 1:
         problems.append("judge.max_tokens must be >= 1")
     if not c.criteria:

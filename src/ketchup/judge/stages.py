@@ -56,7 +56,7 @@ from . import protocol
 from ._io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .cache import JudgeCache
 from .client import JudgeClient, Judgement
-from .config import JudgeConfig, JudgeConfigError, check_enabled, is_enabled
+from .config import JudgeConfig, JudgeConfigError, JudgeInvalidError, check_enabled, is_enabled
 
 __all__ = [
     "score_run", "pairwise_run", "judge_table", "check_enabled", "is_enabled", "summary_path",
@@ -126,6 +126,25 @@ async def _gather(coros: Sequence) -> list:
     return [t.result() for t in tasks]
 
 
+def _check_invalid(records: list[dict], cfg: JudgeConfig, what: str, predictions_path) -> None:
+    """Raise JudgeInvalidError, before any output is written, when the share of invalid records
+    (unparseable replies; transport failures never get here) exceeds ``judge.max_invalid_fraction``."""
+    bad = [r for r in records if not r["valid"]]
+    if records and len(bad) / len(records) > cfg.max_invalid_fraction:
+        def shown(r):
+            reply = r.get("reply") if "reply" in r else next(
+                (r[o].get("reply") for o in ("ab", "ba") if not r[o]["valid"]), None)
+            return f"{r['id']}: {(reply or '')[:120]!r}"
+
+        raise JudgeInvalidError(
+            f"{what} of {predictions_path}: {len(bad)} of {len(records)} judgements invalid (unparseable "
+            f"replies from {cfg.model!r} at {cfg.base_url}), above judge.max_invalid_fraction = "
+            f"{cfg.max_invalid_fraction}. E.g. " + "; ".join(shown(r) for r in bad[:3])
+            + ". They are cached: a rerun asks nothing again; change judge.model, judge.max_tokens or the "
+            "prompts (src/ketchup/judge/prompts/), or raise judge.max_invalid_fraction."
+        )
+
+
 # --------------------------------------------------------------------------- score
 
 async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir) -> dict:
@@ -156,6 +175,7 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
             "id": ex_id, "scores": scores, "valid": j.valid, "usage": j.usage,
             "cost_usd": round(j.cost_usd, 8), "attempts": j.attempts, "error": j.error, "reply": j.reply,
         })
+    _check_invalid(records, cfg, "judge scores", predictions_path)
     valid = [r for r in records if r["valid"]]
     summary = {
         "kind": "score", "task": task, "model": cfg.model, "template_version": version,
@@ -177,7 +197,10 @@ def score_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predictions
     """Score a deterministic sample of a run's predictions (1-10 per criterion); returns the summary.
 
     Writes ``out_path`` (JSONL) and :func:`summary_path` ``(out_path)``; see the module docstring.
-    Raises :class:`JudgeConfigError` if the judge is disabled or the key variable is not set.
+    Raises :class:`JudgeConfigError` if the judge is disabled or the key variable is not set,
+    :class:`JudgeTransportError` when a request got no reply after every retry, and
+    :class:`JudgeInvalidError` when more than ``judge.max_invalid_fraction`` of the judgements are
+    unparseable; nothing is written then, but every finished judgement is cached.
     """
     return _run_async(ascore_run(judge_cfg, task, predictions_path, out_path, cache_dir))
 
@@ -234,6 +257,7 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
             "usage": {"prompt_tokens": pt, "completion_tokens": ct},
             "cost_usd": round(cfg.cost(pt, ct), 8),
         })
+    _check_invalid(records, cfg, "judge pairwise", predictions_path)
     both = [r for r in records if r["valid"]]
     single = [r[o]["verdict"] for r in records for o in ("ab", "ba") if r[o]["valid"]]
     summary = {
@@ -261,6 +285,7 @@ def pairwise_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predicti
 
     ``baseline`` is only the name recorded in the output (default ``judge.baseline``). The same
     example sample as :func:`score_run` is used; every sampled id must be in the baseline file.
+    Fails as :func:`score_run` does; a pair counts as invalid when either order's reply is.
     """
     return _run_async(apairwise_run(judge_cfg, task, predictions_path, baseline_predictions_path,
                                     out_path, cache_dir, baseline))
