@@ -47,6 +47,7 @@ class Objective:
     max_new_tokens: int = 64
     rl: dict[str, Any] = field(default_factory=dict)
     k: int = 1
+    logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
 
     def rollout(self, student, batch: Batch) -> dict[str, Batch]:
         """The batches the loss is taken on, decoded without gradient where the method samples."""
@@ -54,10 +55,12 @@ class Objective:
             return {"data": batch}
         if self.method in ("js", "tvd"):
             data, rest = split_for_two_sources(batch)
-            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True)
+            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
+                               logits_processor=self.logits_processor)
             return {"data": data, "student": sampled}
         sample = self.rl["rollout"] == "sample"
-        return {"student": generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=sample)}
+        return {"student": generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens, sample=sample,
+                                    logits_processor=self.logits_processor)}
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch) -> torch.Tensor:
