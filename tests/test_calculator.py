@@ -244,3 +244,38 @@ def test_processor_replays_real_solutions():
     # every annotation forces its result and the "]" (at least 2 tokens each)
     assert forced >= 2 * n_annotations
     assert agree == forced, (agree, forced)
+
+
+# --- configuration and data ---------------------------------------------------------------------
+
+
+def test_config_key_gsm8k_only(default_config):
+    from ketchup import config as kconfig
+
+    default_config["tasks"]["gsm8k"]["calculator"] = True
+    kconfig.validate(default_config)
+    assert kconfig.generation_settings(default_config, "gsm8k")["calculator"] is True
+    assert kconfig.generation_settings(default_config, "xsum")["calculator"] is False
+    default_config["tasks"]["xsum"]["calculator"] = True
+    with pytest.raises(kconfig.ConfigError, match=r"tasks\.xsum\.calculator"):
+        kconfig.validate(default_config)
+    default_config["tasks"]["xsum"]["calculator"] = "yes"
+    with pytest.raises(kconfig.ConfigError, match=r"tasks\.xsum\.calculator"):
+        kconfig.validate(default_config)
+
+
+def test_paper_configs_turn_the_calculator_on(repo_root):
+    from ketchup import config as kconfig
+
+    for name in ("paper.yaml", "paper_qwen.yaml"):
+        assert kconfig.calculator_on(kconfig.load(repo_root / "workflow" / "configs" / name), "gsm8k"), name
+
+
+def test_examples_keep_annotations_only_with_the_calculator(tmp_path, jsonl_writer):
+    from ketchup.data import sources
+
+    path = jsonl_writer(tmp_path / "test.jsonl", [{"id": 1, "question": "Q?", "answer": REF}])
+    (off,), (on,) = sources.examples("gsm8k", path), sources.examples("gsm8k", path, calculator=True)
+    assert "[" not in off["target"] and "<<" not in off["target"]
+    assert on["target"] == annotate(REF)
+    assert extract_answer(on["target"]) == extract_answer(off["target"]) == "18"
