@@ -19,8 +19,9 @@ __all__ = [
     "gsm8k_correct",
 ]
 
-# Calculator annotations as in GSM8K: ``<<16-3-4=9>>``. Non-greedy and single-line-safe.
-_CALC_RE = re.compile(r"<<[^<>]*>>")
+# Calculator annotations as in GSM8K, ``<<16-3-4=9>>``, or as the calculator writes them,
+# ``[ 16-3-4 = 9 ]`` (ketchup.calculator). Non-greedy and single-line-safe.
+_CALC_RE = re.compile(r"<<[^<>]*>>|\[[^\[\]=]*=[^\[\]]*\]")
 
 # A number as written in GSM8K text: optional minus (only where it cannot be a binary minus, i.e. not
 # right after a word character, a closing bracket or a dot), optional ``$`` on either side of the sign,
@@ -45,10 +46,12 @@ _ABS_TOL = 1e-6
 
 
 def strip_calculator(text: str) -> str:
-    """Remove GSM8K calculator annotations ``<<...>>``.
+    """Remove calculator annotations, GSM8K's ``<<...>>`` and the calculator's ``[ ... = ... ]``.
 
     >>> strip_calculator("16 - 3 - 4 = <<16-3-4=9>>9 duck")
     '16 - 3 - 4 = 9 duck'
+    >>> strip_calculator("16 - 3 - 4 = [ 16-3-4 = 9 ] 9 duck")
+    '16 - 3 - 4 =  9 duck'
     """
     return _CALC_RE.sub("", text)
 

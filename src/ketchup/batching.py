@@ -108,11 +108,13 @@ def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torc
 
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
-             num_beams: int = 1, dropout: bool = False) -> Batch:
+             num_beams: int = 1, dropout: bool = False, logits_processor=None) -> Batch:
     """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax).
 
     In eval mode, unless ``dropout``: then in train mode, so dropout perturbs the decode (the
-    reference's RL rollouts). The model's mode is restored afterwards.
+    reference's RL rollouts). The model's mode is restored afterwards. ``logits_processor``: None, or
+    a function of the number of leading non-generated columns that ``generate`` shows a processor,
+    returning a list of them (``ketchup.calculator.processors``).
     """
     was_training = model.training
     model.train(dropout)
@@ -122,6 +124,8 @@ def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sam
         kwargs.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
     else:
         kwargs.update(do_sample=False)
+    if logits_processor is not None:  # seq2seq: the decoder start token; decoder-only: the prompt
+        kwargs["logits_processor"] = logits_processor(1 if arch == "seq2seq" else batch.input_ids.shape[1])
     out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
     new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--prompt", default="")
     p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--calculator", action="store_true", help="train on targets that keep calculator annotations")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("teacher", help="fine-tune the teacher, keep the dev-best checkpoint")
@@ -182,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "data":
         stages.data(args.task, args.spec, args.seed, args.out)
     elif args.stage == "tokenizer":
-        stages.tokenizer(args.task, args.data, args.prompt, args.vocab_size, args.out)
+        stages.tokenizer(args.task, args.data, args.prompt, args.vocab_size, args.out, args.calculator)
     elif args.stage == "teacher":
         stages.teacher(args.spec, args.data, args.tokenizer, args.checkpoints, args.out)
     elif args.stage == "generate":

@@ -103,6 +103,9 @@ def _check_semantics(config: dict[str, Any]) -> None:
             if task["source"] == "synthetic" and task.get(f"n_{split}") == "all":
                 raise ConfigError(f"config key 'tasks.{name}.n_{split}': 'all' needs a hub or local source; "
                                   "synthetic data is generated to the size asked, give a number")
+        if task.get("calculator") and name != "gsm8k":
+            raise ConfigError(f"config key 'tasks.{name}.calculator': the calculator is for gsm8k only; remove it "
+                              "or set it to false")
     tok = config["tokenizer"]
     if tok["kind"] == "pretrained" and "name_or_path" not in tok and "name_or_path" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
@@ -163,7 +166,14 @@ def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:
     return spec["max_source_length"], spec["max_target_length"]
 
 
+def calculator_on(config: dict[str, Any], task: str) -> bool:
+    """Whether the task keeps calculator annotations and decodes through the calculator (gsm8k)."""
+    return bool(config["tasks"][task].get("calculator", False))
+
+
 def generation_settings(config: dict[str, Any], task: str) -> dict[str, Any]:
     """Decoding settings for a task. Without ``generation.max_new_tokens`` a task decodes up to its
-    ``max_target_length``: no target a model trained on was longer."""
-    return {**GENERATION_DEFAULTS, "max_new_tokens": task_lengths(config, task)[1], **config.get("generation", {})}
+    ``max_target_length``: no target a model trained on was longer. ``calculator`` (the task's) says
+    whether targets keep their annotations and decodes go through ``ketchup.calculator``."""
+    return {**GENERATION_DEFAULTS, "max_new_tokens": task_lengths(config, task)[1], **config.get("generation", {}),
+            "calculator": calculator_on(config, task)}

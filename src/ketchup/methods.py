@@ -42,6 +42,7 @@ class Objective:
     max_new_tokens: int = 64
     rl: dict[str, Any] = field(default_factory=dict)
     k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
+    logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
 
     @property
     def family(self) -> str:
@@ -53,7 +54,8 @@ class Objective:
             return {"data": batch}
         if self.family == "divergence":
             data, rest = split_for_two_sources(batch)
-            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True)
+            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
+                               logits_processor=self.logits_processor)
             return {"data": data, "student": sampled}
         return {"student": self.rl_rollout(student, batch)}
 
@@ -62,7 +64,8 @@ class Objective:
         ``rl.rollout_dropout`` (the reference decoded with the student in train mode) or in eval mode."""
         rl = {**RL_DEFAULTS, **self.rl}
         return generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens,
-                        sample=rl["rollout"] == "sample", dropout=bool(rl["rollout_dropout"]))
+                        sample=rl["rollout"] == "sample", dropout=bool(rl["rollout_dropout"]),
+                        logits_processor=self.logits_processor)
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch) -> torch.Tensor:

@@ -25,10 +25,10 @@ def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
 
-def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str) -> None:
+def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
     from ketchup.tokenizer import build
 
-    build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt), vocab_size, out_dir)
+    build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir)
 
 
 def compute_device() -> torch.device:
@@ -50,7 +50,9 @@ def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, An
                    desc: str = "generate") -> list[str]:
     """Greedy (or beam) outputs for ``sources_``, batched by length, in the original order."""
     from ketchup.batching import decode, generate, make_batch
+    from ketchup.calculator import processors
 
+    processor = processors(gen, tok)
     order = sorted(range(len(sources_)), key=lambda i: len(sources_[i]))
     outputs: list[str] = [""] * len(sources_)
     device = next(model.parameters()).device
@@ -58,7 +60,8 @@ def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, An
     for start in tqdm(range(0, len(order), bs), desc=desc, file=sys.stderr, mininterval=2.0):
         idx = order[start: start + bs]
         batch = make_batch(tok, [sources_[i] for i in idx], None, arch, max_source_length, 1).to(device)
-        out = generate(model, arch, batch, tok, gen["max_new_tokens"], sample=False, num_beams=gen["num_beams"])
+        out = generate(model, arch, batch, tok, gen["max_new_tokens"], sample=False, num_beams=gen["num_beams"],
+                       logits_processor=processor)
         for i, text in zip(idx, decode(tok, out)):
             outputs[i] = text
     return outputs
@@ -100,8 +103,9 @@ def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: s
 
     task, arch = spec["task"], spec["arch"]
     tok = load_tokenizer(tokenizer_dir)
-    train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"])
-    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
+    calc = spec["generation"].get("calculator", False)
+    train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"], calc)
+    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
     model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(compute_device())
     if not spec.get("finetune", True):  # use the teacher as it is (e.g. an already fine-tuned checkpoint)
         _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
@@ -137,7 +141,7 @@ def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, g
 
 def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, prompt: str, gen: dict[str, Any],
                       max_source_length: int, out_path: str) -> None:
-    examples = sources.examples(task, data_path, prompt)
+    examples = sources.examples(task, data_path, prompt, gen.get("calculator", False))
     preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
                            f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
     write_jsonl(out_path, ({"id": e["id"], "source": e["source"], "reference": e["target"], "prediction": p}
@@ -172,15 +176,17 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
                    init_dir: str | None, ckpt_dir: str, out_dir: str) -> None:
     from ketchup import registry
+    from ketchup.calculator import processors
     from ketchup.methods import Objective
     from ketchup.models import load_model
     from ketchup.training import TrainData, train
 
     task, arch, method = spec["task"], spec["arch"], spec["method"]
-    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"])
+    calc = spec["generation"].get("calculator", False)
+    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
     if registry.get(method).trains_on == "ground_truth":
         train_path = Path(data_dir) / "train.jsonl"
-        train_ex = sources.examples(task, train_path, spec["prompt"])
+        train_ex = sources.examples(task, train_path, spec["prompt"], calc)
         data_ = TrainData([e["source"] for e in train_ex], [e["target"] for e in train_ex])
     else:
         train_path = Path(teacher_outputs_dir) / "train.jsonl"
@@ -188,7 +194,8 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
         data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
     teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if registry.get(method).needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
-                          rl=spec.get("rl", {}), k=spec.get("k", 1))
+                          rl=spec.get("rl", {}), k=spec.get("k", 1),
+                          logits_processor=processors(spec["generation"], tok))
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,

@@ -60,6 +60,7 @@ def grad_variance_spec(wildcards):
             "projection_dim": gv["projection_dim"],
             "max_source_length": src_len,
             "max_target_length": tgt_len,
+            "calculator": kconfig.calculator_on(config, wildcards.task),
         }
     )
 

@@ -10,6 +10,7 @@ rule tokenizer:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
         vocab_size=config["tokenizer"].get("vocab_size", 1000),
         datadir=lambda wildcards: f"results/data/{wildcards.task}",
+        calculator=lambda wildcards: "--calculator" if kconfig.calculator_on(config, wildcards.task) else "",
     log:
         "results/logs/tokenizer/{task}.log",
     benchmark:
@@ -18,4 +19,4 @@ rule tokenizer:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"
+        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} {params.calculator} --out {output} > {log} 2>&1"

@@ -56,7 +56,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
 
     ``spec``: task, student, seed, arch, ks, rl (the config's rl settings), n_minibatches,
     batch_size, sample_seed, resamples, confidence, projection_dim, max_source_length,
-    max_target_length.
+    max_target_length, calculator (optional: rollouts through ketchup.calculator, as in training).
     """
     import torch
     from tqdm import tqdm
@@ -65,6 +65,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     from ketchup.analysis import variance
     from ketchup.batching import make_batch, target_logits
     from ketchup.config import RL_DEFAULTS
+    from ketchup.calculator import processors
     from ketchup.methods import Objective
     from ketchup.models import load_model, load_tokenizer, n_parameters
     from ketchup.stages import compute_device, teacher_dtype
@@ -87,7 +88,8 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
 
     rows = read_jsonl(train_outputs)
     batches = minibatch_indices(len(rows), m, bs, seed)
-    objective = Objective("ketchup", arch, tok, teacher=teacher, max_new_tokens=spec["max_target_length"], rl=rl)
+    objective = Objective("ketchup", arch, tok, teacher=teacher, max_new_tokens=spec["max_target_length"], rl=rl,
+                          logits_processor=processors(spec, tok))
     torch.manual_seed(seed)  # the sampled rollouts and their dropout masks
     vectors: dict[int, list] = {k: [] for k in ks}
     norms: dict[int, list[float]] = {k: [] for k in ks}

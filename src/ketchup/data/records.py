@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from ketchup.answers import strip_calculator
+from ketchup.calculator import annotate
 from ketchup.config import TASK_KINDS
 from ketchup.io import DataError
 
@@ -56,14 +57,18 @@ def check_record(task: str, record: Any, where: str) -> None:
         raise DataError(f"{where}: field 'answer' must end in '#### <number>' (GSM8K format)")
 
 
-def to_example(task: str, record: dict[str, Any], prompt: str = "") -> dict[str, str]:
-    """Map a hub-schema record to {id, source, target}: the model input and its reference output."""
+def to_example(task: str, record: dict[str, Any], prompt: str = "", calculator: bool = False) -> dict[str, str]:
+    """Map a hub-schema record to {id, source, target}: the model input and its reference output.
+
+    GSM8K's calculator annotations are removed, or with ``calculator`` kept as ``[ expr = result ]``
+    (the form ``ketchup.calculator`` completes when decoding)."""
     kind = TASK_KINDS[task]
     if kind == "summarization":
         source, target = record["document"], record["summary"]
     elif kind == "translation":
         source, target = record["translation"]["en"], record["translation"]["nl"]
     else:
-        # Calculator annotations are tool calls, not text the model should learn to write.
-        source, target = record["question"], strip_calculator(record["answer"])
+        # Without the calculator, annotations are tool calls the model cannot use: not text to learn.
+        source = record["question"]
+        target = annotate(record["answer"]) if calculator else strip_calculator(record["answer"])
     return {"id": str(record["id"]), "source": prompt + " ".join(source.split()), "target": target.strip()}

@@ -217,9 +217,10 @@ def build(task: str, spec: dict[str, Any], seed: int, out_dir: str | Path) -> No
         write_jsonl(Path(out_dir) / f"{split}.jsonl", splits[split])
 
 
-def examples(task: str, path: str | Path, prompt: str = "") -> list[dict[str, str]]:
-    """Read a split file and map each record to {id, source, target}."""
+def examples(task: str, path: str | Path, prompt: str = "", calculator: bool = False) -> list[dict[str, str]]:
+    """Read a split file and map each record to {id, source, target} (``calculator``: GSM8K targets
+    keep their annotations, see records.to_example)."""
     numbered = numbered_jsonl(path)
     for lineno, rec in numbered:
         records.check_record(task, rec, f"{path}:{lineno}")
-    return [records.to_example(task, rec, prompt) for _, rec in numbered]
+    return [records.to_example(task, rec, prompt, calculator) for _, rec in numbered]
