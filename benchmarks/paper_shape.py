@@ -43,8 +43,9 @@ def build(shape: str, dtype=None):
     config = T5Config(vocab_size=VOCAB, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                       dropout_rate=0.1, **SHAPES[shape])
     torch.manual_seed(0)
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    return model.to("cuda", dtype=dtype) if dtype else model.to("cuda")
+    with torch.device("cuda"):  # initialise on the GPU: a 3B model takes a minute on the CPU
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    return model.to(dtype) if dtype else model
 
 
 def batch(n: int, src: int, tgt: int, step: int) -> Batch:
