@@ -261,3 +261,11 @@ def test_student_command_names_missing_spec_keys():
     del spec["generation"]
     result = _cli(*_student_args(spec))
     assert result.returncode == 2 and "missing key(s) generation" in result.stderr
+
+
+def test_linear_schedule_decays_to_zero_at_the_last_step(world, tmp_path):
+    spec = _spec(train={"lr_schedule": "linear", "lr": 1e-3})
+    lrs = [r["lr"] for r in _run(world, spec, tmp_path / "run")["metrics"] if "lr" in r]
+    assert lrs == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
+    constant = [r["lr"] for r in _run(world, _spec(train={"lr": 1e-3}), tmp_path / "c")["metrics"] if "lr" in r]
+    assert constant == pytest.approx([1e-3] * 4)

@@ -42,6 +42,7 @@ OPTIM_DEFAULTS = {
     "batch_size": 16,
     "grad_accum": 1,
     "warmup_steps": 0,
+    "lr_schedule": "constant",
     "max_grad_norm": 1.0,
     "eval_every": 100,
     "dev_eval_examples": 100,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import get_constant_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from ketchup import checkpoints
 from ketchup.batching import collate, encode_sources, encode_targets
@@ -78,16 +78,18 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    scheduler = get_constant_schedule_with_warmup(optimizer, settings["warmup_steps"])
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if objective.teacher is not None:
-        objective.teacher = objective.teacher.to(accelerator.device).eval().requires_grad_(False)
-
     n, bs, accum = len(data.sources), settings["batch_size"], settings["grad_accum"]
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(n / bs)
     steps_per_epoch = max(1, micro_per_epoch // (accum * world))
     total_steps = settings["max_steps"] or max(1, round(settings["epochs"] * steps_per_epoch))
+    if settings.get("lr_schedule", "constant") == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], total_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, settings["warmup_steps"])
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if objective.teacher is not None:
+        objective.teacher = objective.teacher.to(accelerator.device).eval().requires_grad_(False)
 
     key = fingerprint({"run": run_info, "identity": identity, "settings": settings, "seed": seed, "n": n,
                        "world": world, "format": CHECKPOINT_FORMAT})
