@@ -312,6 +312,12 @@ def score_norms(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.
     return _scatter(_score_norms(_log_probs(student_logits[m]), tokens[m]), m)
 
 
+def _check_shapes(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(mask.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(mask.shape)}")
+
+
 def minvar_baseline(
     student_logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -337,9 +343,7 @@ def minvar_baseline(
         raise ValueError(f"unknown baseline scope {scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
     _check_logits("student_logits", student_logits)
     m = _as_bool_mask(mask, student_logits.shape[:2])
-    for name, t in (("tokens", tokens), ("advantages", advantages)):
-        if tuple(t.shape) != tuple(m.shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(m.shape)}")
+    _check_shapes(m, tokens=tokens, advantages=advantages)
     scores = _score_norms(_log_probs(student_logits[m]), tokens[m])
     rows = m.nonzero()[:, 0]
     return _scatter(_baseline("minvar", advantages[m].detach().float(), scores, rows, m.shape[0], scope), m)
@@ -390,9 +394,7 @@ def policy_gradient_loss(
         raise ValueError(f"clip must be > 0 or None, got {clip}")
     _check_logits("student_logits", student_logits)
     m = _as_bool_mask(mask, student_logits.shape[:2])
-    for name, t in (("tokens", tokens), ("returns", returns)):
-        if tuple(t.shape) != tuple(m.shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(m.shape)}")
+    _check_shapes(m, tokens=tokens, returns=returns)
 
     logp_all = _log_probs(student_logits[m])  # [N, V]
     logp = _gather_tokens(logp_all, tokens[m])  # [N]

@@ -1,0 +1,92 @@
+"""Choose the RL learning rate on the dev split: rerun the RL students of a finished run at other lrs.
+
+Starts from a working directory where the config's main table has been built (teachers, KL students
+and RL students exist). For each lr it makes a sibling working directory that shares the finished
+upstream outputs (hard links; checkpoints are not copied), writes the config with that lr for every
+RL method (the same budget for all of them), and lets Snakemake rerun just the RL students (their
+spec changed). It prints each run's dev-best metric (the whole dev split at the default settings)
+and, per lr, the mean rank over all (task, student, method) cells, the criterion used to choose.
+Test numbers are never read.
+
+    python benchmarks/rl_lr_sweep.py --workdir results-parent-dir --lrs 1e-5 3e-5 1e-4 3e-4 [--config config.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from ketchup import registry  # noqa: E402
+
+
+def dev_scores(workdir: Path, config: dict, lr: float) -> list[dict]:
+    rows = []
+    for task in config["tasks"]:
+        for student in config["students"]:
+            for method in (m for m in config["methods"] if m in registry.RL_METHODS):
+                for seed in config["seeds"]:
+                    run = workdir / f"results/models/students/{task}/{student}/{method}/seed{seed}"
+                    summary = json.loads((run / "train_summary.json").read_text())
+                    start = next(json.loads(line)["dev_metric"] for line in (run / "metrics.jsonl").open()
+                                 if '"dev_metric"' in line)
+                    rows.append({"lr": lr, "task": task, "student": student, "method": method, "seed": seed,
+                                 "dev_start": start, "dev_best": summary["best_dev_metric"],
+                                 "best_step": summary["best_step"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a working directory whose main table is built")
+    parser.add_argument("--config", default=str(REPO / "config.yaml"))
+    parser.add_argument("--lrs", type=float, nargs="+", required=True)
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args()
+    base, config = Path(args.workdir).resolve(), yaml.safe_load(Path(args.config).read_text())
+    rl = [m for m in config["methods"] if m in registry.RL_METHODS]
+    rows = []
+    for lr in args.lrs:
+        cfg = yaml.safe_load(Path(args.config).read_text())
+        for method in rl:
+            cfg["method_overrides"][method] = {**cfg["method_overrides"][method], "lr": lr}
+        if all(cfg["method_overrides"][m] == config["method_overrides"][m] for m in rl):
+            rows += dev_scores(base, config, lr)  # the base run itself
+            continue
+        work = base.parent / f"{base.name}-lr{lr:g}"
+        if not (work / "results").exists():
+            # hard links: the upstream outputs are shared, not copied (a rerun job replaces its own)
+            shutil.copytree(base / "results", work / "results", copy_function=os.link,
+                            ignore=shutil.ignore_patterns("checkpoints", "*.tmp"))
+            shutil.copytree(base / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        targets = [f"results/metrics/{t}/{s}/{m}/seed{seed}.json" for t in cfg["tasks"] for s in cfg["students"]
+                   for m in rl for seed in cfg["seeds"]]
+        print(f"lr {lr:g}: training {len(targets)} RL students in {work}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(args.cores),
+                        "--configfile", str(work / "config.yaml"), "--rerun-triggers", "params", *targets],
+                       cwd=work, check=True, stdout=subprocess.DEVNULL)
+        rows += dev_scores(work, cfg, lr)
+    table = pd.DataFrame(rows)
+    table["rank"] = table.groupby(["task", "student", "method", "seed"])["dev_best"].rank(ascending=False)
+    table["gain"] = table["dev_best"] - table["dev_start"]
+    pd.set_option("display.width", 200)
+    print(table.pivot_table(index=["task", "student", "method"], columns="lr", values="dev_best").round(2))
+    summary = table.groupby("lr").agg(mean_rank=("rank", "mean"), mean_gain=("gain", "mean"),
+                                      runs=("rank", "size")).sort_values("mean_rank")
+    print(summary.round(3))
+    print(f"chosen lr (lowest mean rank on dev): {summary.index[0]:g}")
+
+
+if __name__ == "__main__":
+    main()
