@@ -2,8 +2,9 @@
 
 Every objective sees ``logits [B, T, V]`` aligned with ``target_ids [B, T]`` and ``target_mask
 [B, T]`` (1 on real target tokens, the last real one EOS, right-padded). Seq2seq models read the
-source in the encoder; decoder-only models read ``source + SEPARATOR`` left-padded as a prefix and
-are scored on the continuation only.
+source in the encoder; decoder-only models read the prompt left-padded as a prefix and are scored on
+the continuation only: the source as a user turn of the tokenizer's chat template when it has one
+(``models.prepare_tokenizer`` keeps or drops it), else ``source + SEPARATOR``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import GenerationConfig
 
 SEPARATOR = "\n"  # ends a decoder-only prompt, so prompt and continuation are tokenised apart
 
@@ -42,9 +44,18 @@ def encode_sources(tokenizer, sources: list[str], arch: str, max_length: int) ->
     """Token ids of each source: seq2seq ends it with EOS, decoder-only with the separator."""
     if arch == "decoder":
         # Keep the end of a long prompt: it holds the separator the continuation follows.
-        return [ids[-max_length:] for ids in tokenizer([s + SEPARATOR for s in sources], add_special_tokens=False).input_ids]
+        return [ids[-max_length:] for ids in tokenizer(decoder_prompts(tokenizer, sources), add_special_tokens=False).input_ids]
     return [ids[: max_length - 1] + [tokenizer.eos_token_id]
             for ids in tokenizer(list(sources), add_special_tokens=False).input_ids]
+
+
+def decoder_prompts(tokenizer, sources: list[str]) -> list[str]:
+    """Decoder-only prompt texts: a user turn and the assistant's opening (chat template), or
+    ``source + SEPARATOR`` when the tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [s + SEPARATOR for s in sources]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
+            for s in sources]
 
 
 def encode_targets(tokenizer, targets: list[str], max_length: int) -> list[list[int]]:
@@ -106,19 +117,35 @@ def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torc
     return tokens.masked_fill(mask == 0, pad_id), mask
 
 
+def decoding_config(tokenizer, max_new_tokens: int, sample: bool, num_beams: int,
+                    decoder_start_token_id: int | None = None) -> GenerationConfig:
+    """Every setting of one decode, complete: greedy / beam, or sampling from the full softmax at T = 1,
+    no repetition or length penalty, no forced or suppressed tokens, stopping at EOS or max_new_tokens."""
+    return GenerationConfig(
+        decoder_start_token_id=decoder_start_token_id,
+        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=sample, num_beams=num_beams,
+        temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, early_stopping=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, use_cache=True)
+
+
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
              num_beams: int = 1) -> Batch:
     """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax)."""
     was_training = model.training
     model.eval()
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id, num_beams=num_beams)
-    if sample:
-        kwargs.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
-    else:
-        kwargs.update(do_sample=False)
-    out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+    # generate() fills every setting left unset from the checkpoint's generation_config (sampling,
+    # repetition penalty, lengths ...): decode against a blank one so only decoding_config counts.
+    inherited, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             generation_config=decoding_config(
+                                 tokenizer, max_new_tokens, sample, num_beams,
+                                 model.config.decoder_start_token_id if arch == "seq2seq" else None))
+    finally:
+        model.generation_config = inherited
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
     new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]
     if new.shape[1] == 0:

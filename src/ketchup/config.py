@@ -91,6 +91,14 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
     if tok["kind"] == "train" and "config" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.kind': 'train' only works with models built from config")
+    if "from_teacher" in config["teacher"]["model"]:
+        raise ConfigError("config key 'teacher.model.from_teacher': only students are cut from the teacher")
+    layer_keys = {"decoder": {"layers"}, "seq2seq": {"encoder_layers", "decoder_layers"}}[config["architecture"]]
+    for name, student in config["students"].items():
+        cut = student.get("from_teacher")
+        if cut is not None and set(cut) != layer_keys:
+            raise ConfigError(f"config key 'students.{name}.from_teacher': a {config['architecture']} student "
+                              f"cut from the teacher lists {sorted(layer_keys)} (got {sorted(cut)})")
     needs_kl = {"llmr", "llmr-mean", "ketchup"} & set(config["methods"])
     if needs_kl and "kl" not in config["methods"]:
         raise ConfigError(f"config key 'methods': {sorted(needs_kl)} start from the 'kl' student; add 'kl'")

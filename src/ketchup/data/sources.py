@@ -33,11 +33,16 @@ def _assign_ids(task: str, split: str, recs: list[dict[str, Any]]) -> list[dict[
     return [r if "id" in r else {**r, "id": f"{task}-{split}-{i}"} for i, r in enumerate(recs)]
 
 
-def load_local(task: str, directory: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Read ``{directory}/{split}.jsonl`` in the hub schema, checking every line."""
+def load_local(task: str, directory: str | Path, seed: int = 0, n_dev: int | None = None,
+               dev_from_train: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Read ``{directory}/{split}.jsonl`` in the hub schema, checking every line. With
+    ``dev_from_train`` (GSM8K as published has no dev file) dev is instead a seeded slice of ``n_dev``
+    (default 500) train records, removed from train, as for the hub's GSM8K."""
     out = {}
     for split in SPLITS:
         path = Path(directory) / f"{split}.jsonl"
+        if split == "dev" and dev_from_train:
+            continue
         numbered = numbered_jsonl(path)
         for lineno, rec in numbered:
             records.check_record(task, rec, f"{path}:{lineno}")
@@ -45,6 +50,12 @@ def load_local(task: str, directory: str | Path) -> dict[str, list[dict[str, Any
         if not recs:
             raise DataError(f"{path}: no records")
         out[split] = _assign_ids(task, split, recs)
+    if "dev" not in out:
+        order = list(range(len(out["train"])))
+        random.Random(seed).shuffle(order)
+        held = set(order[: n_dev or 500])
+        out["dev"] = [out["train"][i] for i in order[: n_dev or 500]]  # ids stay those of their train lines
+        out["train"] = [r for i, r in enumerate(out["train"]) if i not in held]
     return out
 
 
@@ -103,7 +114,7 @@ def build(task: str, spec: dict[str, Any], seed: int, out_dir: str | Path) -> No
                 records.check_record(task, rec, f"synthetic:{task}[{split}] record {i}")
             splits[split] = _assign_ids(task, split, recs)
     elif source == "local":
-        splits = load_local(task, spec["path"])
+        splits = load_local(task, spec["path"], seed, spec.get("n_dev"), spec.get("dev_from_train", False))
         splits = {s: recs[: n] if (n := _sizes(spec)[s]) else recs for s, recs in splits.items()}
     elif source == "hub":
         splits = load_hub(task, spec, seed)
