@@ -186,3 +186,21 @@ def test_local_gsm8k_without_a_dev_file(tmp_path, jsonl_writer):
     assert {r["question"] for r in dev}.isdisjoint(r["question"] for r in train)
     assert dev == read_jsonl(tmp_path / "b" / "dev.jsonl")  # seeded
     assert dev != rows[:5]  # a shuffled slice, not the head
+
+
+def test_config_keys_for_pretrained_models(repo_root):
+    from ketchup import config as kconfig
+
+    cfg = kconfig.load(repo_root / "workflow" / "configs" / "smollm2_gsm8k.yaml")
+    assert cfg["teacher"]["model"]["gguf_file"].endswith(".gguf") and cfg["prompt_format"] == "chat"
+    bad = {"students": {"cut": {"from_teacher": {"encoder_layers": [0]}}}}
+    with pytest.raises(kconfig.ConfigError, match=r"students\.cut\.from_teacher.*\['layers'\]"):
+        kconfig.load(repo_root / "workflow" / "configs" / "smollm2_gsm8k.yaml", bad)
+    cut_teacher = {**cfg, "teacher": {"model": {"from_teacher": {"layers": [0]}}}, "tokenizer": {"kind": "pretrained",
+                                                                                               "name_or_path": "x"}}
+    with pytest.raises(kconfig.ConfigError, match=r"teacher\.model\.from_teacher"):
+        kconfig.validate(cut_teacher)
+    with pytest.raises(kconfig.ConfigError, match="gguf_file"):
+        kconfig.load(repo_root / "config.yaml", {"students": {"small": {"config": {}, "gguf_file": "x.gguf"}}})
+    with pytest.raises(kconfig.ConfigError, match="prompt_format"):
+        kconfig.load(repo_root / "config.yaml", {"prompt_format": "chatty"})
