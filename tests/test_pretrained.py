@@ -204,3 +204,19 @@ def test_config_keys_for_pretrained_models(repo_root):
         kconfig.load(repo_root / "config.yaml", {"students": {"small": {"config": {}, "gguf_file": "x.gguf"}}})
     with pytest.raises(kconfig.ConfigError, match="prompt_format"):
         kconfig.load(repo_root / "config.yaml", {"prompt_format": "chatty"})
+
+
+def test_decoder_target_logits_only_over_targets(tok):
+    """Logits kept for the target positions only equal the full forward pass sliced by hand."""
+    from ketchup.batching import target_logits
+
+    model = build_model("decoder", {"config": ARCHS["decoder"]}, tok, seed=2).eval()
+    batch = make_batch(tok, ["the cat", "one two three four five six seven"], ["a dog ran", "red"], "decoder", 32, 16)
+    ids = torch.cat([batch.input_ids, batch.target_ids], 1)
+    attn = torch.cat([batch.attention_mask, batch.target_mask.long()], 1)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits
+        got = target_logits(model, "decoder", batch)
+    s, t = batch.input_ids.shape[1], batch.target_ids.shape[1]
+    assert got.shape == (2, t, len(tok))
+    assert torch.allclose(got, full[:, s - 1: s - 1 + t], atol=1e-5)

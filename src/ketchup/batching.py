@@ -9,6 +9,7 @@ the continuation only: the source as a user turn of the tokenizer's chat templat
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -105,8 +106,14 @@ def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:
     ids = torch.cat([batch.input_ids, batch.target_ids], 1)
     attn = torch.cat([batch.attention_mask, batch.target_mask.long()], 1)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+    width = batch.target_ids.shape[1]
+    if "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters:  # DDP wraps it
+        # Only the last width + 1 positions score targets: [B, S + T, V] logits over the prompt too
+        # would dominate memory at a real vocabulary.
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=width + 1).logits
+        return logits[:, :width]
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
-    return logits[:, prompt_len - 1: prompt_len - 1 + batch.target_ids.shape[1]]
+    return logits[:, prompt_len - 1: prompt_len - 1 + width]
 
 
 def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
