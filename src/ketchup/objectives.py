@@ -102,22 +102,23 @@ def _chunked_rows(fn, tensors: tuple[torch.Tensor, ...], mask: torch.Tensor, *ar
     exist at a time; with gradient and more than one chunk, each chunk is checkpointed (its
     intermediates are recomputed in the backward pass instead of kept). One chunk: a plain call.
     """
-    flat = [t.reshape(-1, t.shape[-1]) for t in tensors]
-    index = mask.reshape(-1).nonzero().squeeze(1)
+    # (batch, time) pairs, not a flattened view: logits sliced out of a longer sequence are not
+    # contiguous, and reshaping them would copy the whole tensor.
+    b_idx, t_idx = mask.nonzero(as_tuple=True)
     width = max(t.shape[-1] for t in tensors)
     step = max(1, CHUNK_ELEMENTS // max(width, 1))
 
-    def rows(idx, *ts):
-        return fn(*(t.index_select(0, idx) for t in ts), *args)
+    def rows(bi, ti, *ts):
+        return fn(*(t[bi, ti] for t in ts), *args)
 
-    if index.numel() <= step:
-        return rows(index, *flat)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+    if b_idx.numel() <= step:
+        return rows(b_idx, t_idx, *tensors)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     parts = []
-    for start in range(0, index.numel(), step):
-        idx = index[start: start + step]
-        parts.append(torch.utils.checkpoint.checkpoint(rows, idx, *flat, use_reentrant=False) if grad
-                     else rows(idx, *flat))
+    for start in range(0, b_idx.numel(), step):
+        bi, ti = b_idx[start: start + step], t_idx[start: start + step]
+        parts.append(torch.utils.checkpoint.checkpoint(rows, bi, ti, *tensors, use_reentrant=False) if grad
+                     else rows(bi, ti, *tensors))
     return torch.cat(parts)
 
 
