@@ -2,15 +2,18 @@
 
 Every objective sees ``logits [B, T, V]`` aligned with ``target_ids [B, T]`` and ``target_mask
 [B, T]`` (1 on real target tokens, the last real one EOS, right-padded). Seq2seq models read the
-source in the encoder; decoder-only models read ``source + SEPARATOR`` left-padded as a prefix and
-are scored on the continuation only.
+source in the encoder; decoder-only models read the prompt left-padded as a prefix and are scored on
+the continuation only: the source as a user turn of the tokenizer's chat template when it has one
+(``models.prepare_tokenizer`` keeps or drops it), else ``source + SEPARATOR``.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import GenerationConfig
 
 SEPARATOR = "\n"  # ends a decoder-only prompt, so prompt and continuation are tokenised apart
 
@@ -42,9 +45,18 @@ def encode_sources(tokenizer, sources: list[str], arch: str, max_length: int) ->
     """Token ids of each source: seq2seq ends it with EOS, decoder-only with the separator."""
     if arch == "decoder":
         # Keep the end of a long prompt: it holds the separator the continuation follows.
-        return [ids[-max_length:] for ids in tokenizer([s + SEPARATOR for s in sources], add_special_tokens=False).input_ids]
+        return [ids[-max_length:] for ids in tokenizer(decoder_prompts(tokenizer, sources), add_special_tokens=False).input_ids]
     return [ids[: max_length - 1] + [tokenizer.eos_token_id]
             for ids in tokenizer(list(sources), add_special_tokens=False).input_ids]
+
+
+def decoder_prompts(tokenizer, sources: list[str]) -> list[str]:
+    """Decoder-only prompt texts: a user turn and the assistant's opening (chat template), or
+    ``source + SEPARATOR`` when the tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [s + SEPARATOR for s in sources]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
+            for s in sources]
 
 
 def encode_targets(tokenizer, targets: list[str], max_length: int) -> list[list[int]]:
@@ -94,8 +106,14 @@ def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:
     ids = torch.cat([batch.input_ids, batch.target_ids], 1)
     attn = torch.cat([batch.attention_mask, batch.target_mask.long()], 1)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+    width = batch.target_ids.shape[1]
+    if "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters:  # DDP wraps it
+        # Only the last width + 1 positions score targets: [B, S + T, V] logits over the prompt too
+        # would dominate memory at a real vocabulary.
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=width + 1).logits
+        return logits[:, :width]
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
-    return logits[:, prompt_len - 1: prompt_len - 1 + batch.target_ids.shape[1]]
+    return logits[:, prompt_len - 1: prompt_len - 1 + width]
 
 
 def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +122,19 @@ def mask_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torc
     before = is_eos.cumsum(1) - is_eos  # number of EOS strictly before t
     mask = (before == 0).float()
     return tokens.masked_fill(mask == 0, pad_id), mask
+
+
+def decoding_config(tokenizer, max_new_tokens: int, sample: bool, num_beams: int,
+                    decoder_start_token_id: int | None = None) -> GenerationConfig:
+    """Every setting of one decode, complete: greedy / beam, or sampling from the full softmax at T = 1,
+    no repetition or length penalty, no forced or suppressed tokens, stopping at EOS or max_new_tokens."""
+    return GenerationConfig(
+        decoder_start_token_id=decoder_start_token_id,
+        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=sample, num_beams=num_beams,
+        temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, early_stopping=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, use_cache=True)
 
 
 @torch.no_grad()
@@ -118,15 +149,20 @@ def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sam
     """
     was_training = model.training
     model.train(dropout)
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id, num_beams=num_beams)
-    if sample:
-        kwargs.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
-    else:
-        kwargs.update(do_sample=False)
+    # generate() fills every setting left unset from the checkpoint's generation_config (sampling,
+    # repetition penalty, lengths ...): decode against a blank one so only decoding_config counts.
+    processors = None
     if logits_processor is not None:  # seq2seq: the decoder start token; decoder-only: the prompt
-        kwargs["logits_processor"] = logits_processor(1 if arch == "seq2seq" else batch.input_ids.shape[1])
-    out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
+        processors = logits_processor(1 if arch == "seq2seq" else batch.input_ids.shape[1])
+    inherited, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             generation_config=decoding_config(
+                                 tokenizer, max_new_tokens, sample, num_beams,
+                                 model.config.decoder_start_token_id if arch == "seq2seq" else None),
+                             logits_processor=processors)
+    finally:
+        model.generation_config = inherited
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
     new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]
     if new.shape[1] == 0:

@@ -116,6 +116,14 @@ def _check_semantics(config: dict[str, Any]) -> None:
         start = registry.METHODS[name].starts_from
         if start and start not in config["methods"]:
             raise ConfigError(f"config key 'methods': {name!r} starts from the {start!r} student; add {start!r}")
+    if "from_teacher" in config["teacher"]["model"]:
+        raise ConfigError("config key 'teacher.model.from_teacher': only students are cut from the teacher")
+    layer_keys = {"decoder": {"layers"}, "seq2seq": {"encoder_layers", "decoder_layers"}}[config["architecture"]]
+    for name, student in config["students"].items():
+        cut = student.get("from_teacher")
+        if cut is not None and set(cut) != layer_keys:
+            raise ConfigError(f"config key 'students.{name}.from_teacher': a {config['architecture']} student "
+                              f"cut from the teacher lists {sorted(layer_keys)} (got {sorted(cut)})")
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

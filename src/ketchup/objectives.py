@@ -45,6 +45,12 @@ _TOKEN_WEIGHTS = ("prob", "one")
 _BASELINES = ("none", "mean", "minvar")
 _BASELINE_SCOPES = ("sequence", "batch")
 _VALUES = ("max", "expectation")
+# Work over the vocabulary is done on at most this many [rows x V] float32 elements at a time (64 MiB):
+# at a real vocabulary (49,152 to 151,936 entries) the float32 intermediates of a whole batch
+# (log-softmaxes, probabilities, mixtures, kept for the backward pass) dominate a training step's
+# memory, so they are computed in chunks of real positions and, with gradient, recomputed chunk by
+# chunk in the backward pass (activation checkpointing), as TRL's and Liger's chunked losses do.
+CHUNK_ELEMENTS = 2**24
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +95,34 @@ def _gather_tokens(values: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
             f"got range [{int(tokens.min())}, {int(tokens.max())}]"
         )
     return values.gather(-1, tokens.long()[:, None]).squeeze(-1)
+
+
+def _chunked_rows(fn, tensors: tuple[torch.Tensor, ...], mask: torch.Tensor, *args) -> torch.Tensor:
+    """``fn(rows_1, rows_2, ..., *args)`` over the real (mask = 1) positions of [B, T, V_i] tensors,
+    in chunks of at most ``CHUNK_ELEMENTS // V`` positions, concatenated ([N] or [N, k]).
+
+    Each chunk selects its rows inside ``fn``'s call, so only one chunk's [rows, V] intermediates
+    exist at a time; with gradient and more than one chunk, each chunk is checkpointed (its
+    intermediates are recomputed in the backward pass instead of kept). One chunk: a plain call.
+    """
+    # (batch, time) pairs, not a flattened view: logits sliced out of a longer sequence are not
+    # contiguous, and reshaping them would copy the whole tensor.
+    b_idx, t_idx = mask.nonzero(as_tuple=True)
+    width = max(t.shape[-1] for t in tensors)
+    step = max(1, CHUNK_ELEMENTS // max(width, 1))
+
+    def rows(bi, ti, *ts):
+        return fn(*(t[bi, ti] for t in ts), *args)
+
+    if b_idx.numel() <= step:
+        return rows(b_idx, t_idx, *tensors)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    parts = []
+    for start in range(0, b_idx.numel(), step):
+        bi, ti = b_idx[start: start + step], t_idx[start: start + step]
+        parts.append(torch.utils.checkpoint.checkpoint(rows, bi, ti, *tensors, use_reentrant=False) if grad
+                     else rows(bi, ti, *tensors))
+    return torch.cat(parts)
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
@@ -138,17 +172,20 @@ def token_divergence(
         )
     m = _as_bool_mask(mask, student_logits.shape[:2])
     vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-    log_q = _log_probs(student_logits[m][:, :vocab])  # [N, V], real positions only
-    log_p = _log_probs(teacher_logits[m][:, :vocab])
+    return _scatter(_chunked_rows(_divergence_rows, (student_logits, teacher_logits), m, kind, vocab), m)
+
+
+def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kind: str, vocab: int) -> torch.Tensor:
+    """token_divergence on real positions only: [N, V] logits -> [N]."""
+    log_q = _log_probs(student_rows[:, :vocab])
+    log_p = _log_probs(teacher_rows[:, :vocab])
     p, q = log_p.exp(), log_q.exp()
     if kind == "kl":
-        values = (p * (log_p - log_q)).sum(-1)
-    elif kind == "js":
+        return (p * (log_p - log_q)).sum(-1)
+    if kind == "js":
         log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-        values = 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
-    else:  # "tvd"
-        values = 0.5 * (p - q).abs().sum(-1)
-    return _scatter(values, m)
+        return 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
+    return 0.5 * (p - q).abs().sum(-1)  # "tvd"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,17 +220,25 @@ def induced_values(
     if tuple(tokens.shape) != tuple(m.shape):
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(m.shape)}")
     with torch.no_grad():
-        z = teacher_logits[m].detach().float()  # [N, V]
-        finite = torch.isfinite(z)
-        centre = torch.where(finite, z, 0.0).sum(-1) / finite.sum(-1).clamp(min=1)
-        big_q = z - centre[:, None]
-        q_min = torch.where(finite, big_q, math.inf).amin(-1)
-        q = torch.maximum(_gather_tokens(big_q, tokens[m]), q_min)
-        if value == "max":
-            v = big_q.amax(-1)
-        else:
-            v = (torch.softmax(big_q, -1) * torch.where(finite, big_q, 0.0)).sum(-1)
-        return _scatter(q, m), _scatter(v, m)
+        # The token ids ride along as a [B, T, 1] float tensor so that they are chunked with the logits.
+        ids = tokens.masked_fill(~m, 0).to(torch.float64)[..., None]
+        qv = _chunked_rows(_induced_rows, (teacher_logits.detach(), ids), m, value)
+        return _scatter(qv[:, 0], m), _scatter(qv[:, 1], m)
+
+
+def _induced_rows(logit_rows: torch.Tensor, id_rows: torch.Tensor, value: str) -> torch.Tensor:
+    """induced_values on real positions only: [N, V] logits, [N, 1] ids -> [N, 2] (q, v)."""
+    z = logit_rows.float()
+    finite = torch.isfinite(z)
+    centre = torch.where(finite, z, 0.0).sum(-1) / finite.sum(-1).clamp(min=1)
+    big_q = z - centre[:, None]
+    q_min = torch.where(finite, big_q, math.inf).amin(-1)
+    q = torch.maximum(_gather_tokens(big_q, id_rows[:, 0].long()), q_min)
+    if value == "max":
+        v = big_q.amax(-1)
+    else:
+        v = (torch.softmax(big_q, -1) * torch.where(finite, big_q, 0.0)).sum(-1)
+    return torch.stack([q, v], -1)
 
 
 def _kstep_rewards(q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, k: int):
@@ -436,4 +481,9 @@ def cross_entropy(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     m = _as_bool_mask(mask, student_logits.shape[:2])
     if tuple(tokens.shape) != tuple(m.shape):
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(m.shape)}")
-    return _scatter(-_gather_tokens(_log_probs(student_logits[m]), tokens[m]), m)
+    ids = tokens.masked_fill(~m, 0).to(torch.float64)[..., None]  # chunked with the logits (_chunked_rows)
+    return _scatter(_chunked_rows(_nll_rows, (student_logits, ids), m), m)
+
+
+def _nll_rows(logit_rows: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
+    return -_gather_tokens(_log_probs(logit_rows), id_rows[:, 0].long())

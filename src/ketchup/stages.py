@@ -81,9 +81,11 @@ def dev_evaluator(task: str, tok, arch: str, dev: list[dict[str, str]], gen: dic
 
 
 def _build_or_load(spec: dict[str, Any], model_spec: dict[str, Any], tok, where: str):
-    from ketchup.models import build_model
+    from ketchup.models import align_special_tokens, build_model
 
-    return build_model(spec["arch"], model_spec, tok, seed=spec["seed"], where=where)
+    model = build_model(spec["arch"], model_spec, tok, seed=spec["seed"], where=where)
+    # A loaded checkpoint gets the tokenizer's EOS (a chat template's end of turn) and padding ids.
+    return align_special_tokens(model, tok) if "name_or_path" in model_spec else model
 
 
 def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
@@ -98,11 +100,14 @@ def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
 def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
     """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
     from ketchup.methods import Objective
-    from ketchup.models import load_tokenizer
+    from ketchup.models import load_tokenizer, prepare_tokenizer
     from ketchup.training import TrainData, train
 
     task, arch = spec["task"], spec["arch"]
-    tok = load_tokenizer(tokenizer_dir)
+    # Prompt format, EOS and padding are fixed here, in the tokenizer saved with the teacher that
+    # every later stage loads (models.prepare_tokenizer).
+    tok = prepare_tokenizer(load_tokenizer(tokenizer_dir, spec.get("tokenizer_gguf_file")), arch,
+                            spec.get("prompt_format", "chat"))
     calc = spec["generation"].get("calculator", False)
     train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"], calc)
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
@@ -153,12 +158,15 @@ def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teach
     """Train one student (task, size, method, seed) with its method's objective, then write the
     dev-best model's greedy test predictions (in this process: a job of its own would spend more
     time importing torch than generating)."""
-    from ketchup.models import load_model, load_tokenizer
+    from ketchup.models import cut_from_teacher, load_model, load_tokenizer
 
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     tok = load_tokenizer(teacher_dir)
     if init_dir:  # RL students start from the KL student of the same task, size and seed
         model = load_model(arch, init_dir).to(compute_device())
+    elif "from_teacher" in spec["model"]:  # the saved (plain float) teacher, cut down
+        model = cut_from_teacher(load_model(arch, teacher_dir), arch, spec["model"]["from_teacher"],
+                                 f"students.{spec['student']}.from_teacher").to(compute_device())
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
     if method == "prompted":  # the student as it is, without distillation: saved untrained

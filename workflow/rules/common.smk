@@ -73,6 +73,8 @@ def teacher_spec(wildcards):
             "arch": ARCH,
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "model": config["teacher"]["model"],
+            "tokenizer_gguf_file": tokenizer_gguf_file(),
+            "prompt_format": config.get("prompt_format", "chat"),
             "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
             "generation": kconfig.generation_settings(config, wildcards.task),
@@ -126,6 +128,15 @@ def tokenizer_source(wildcards):
     if config["tokenizer"]["kind"] == "train":
         return f"results/tokenizer/{wildcards.task}"
     return config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
+
+
+def tokenizer_gguf_file():
+    """The GGUF file the pretrained tokenizer is read from, if any (the teacher's when the tokenizer
+    has no name of its own)."""
+    tok = config["tokenizer"]
+    if tok["kind"] == "train":
+        return None
+    return tok.get("gguf_file") if "name_or_path" in tok else config["teacher"]["model"].get("gguf_file")
 
 
 def tokenizer_input(wildcards):
