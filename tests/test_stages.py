@@ -93,10 +93,10 @@ def test_student_job_predicts_the_test_split_with_its_saved_dev_best_model(tmp_p
 def test_model_modules_import_with_the_gc_paused_and_leave_it_running():
     import gc
 
-    from ketchup import cli
+    from ketchup import runtime
 
-    cli.import_quietly(*cli.MODEL_MODULES)
+    runtime.import_quietly(*runtime.MODEL_MODULES)
     assert gc.isenabled()
     with pytest.raises(ModuleNotFoundError):
-        cli.import_quietly("ketchup.no_such_module")
+        runtime.import_quietly("ketchup.no_such_module")
     assert gc.isenabled()

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
-import json
 import logging
 import sys
 
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, setup
+
 # Stages that load models: their modules (torch, transformers, accelerate) are imported up front.
 MODEL_STAGES = ("teacher", "generate", "student")
-MODEL_MODULES = ("ketchup.stages", "ketchup.models", "ketchup.methods", "ketchup.training")
-
-
-def json_spec(text: str) -> dict:
-    """A JSON object given inline or as @path."""
-    if text.startswith("@"):
-        with open(text[1:]) as handle:
-            return json.load(handle)
-    return json.loads(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,31 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
     return parser
-
-
-def setup(args: argparse.Namespace) -> None:
-    """Logging and torch's thread count, shared by every `python -m ketchup...` command line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def import_quietly(*modules: str) -> None:
-    """Import ``modules`` with the cyclic garbage collector paused, then freeze what they built.
-
-    torch and transformers create millions of objects while importing; collecting among them cost
-    about 1 s of every job (of ~5 s of imports), and frozen objects are skipped by every later
-    collection, training included.
-    """
-    gc.disable()
-    try:
-        for name in modules:
-            importlib.import_module(name)
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
@@ -16,9 +16,7 @@ from ketchup import metrics
 from ketchup.config import TASK_KINDS
 from ketchup.data import sources
 from ketchup.io import read_jsonl, write_json, write_jsonl
-
-if TYPE_CHECKING:  # torch is imported by the stages that train or generate, not by data or tokenizer
-    import torch
+from ketchup.runtime import compute_device, teacher_dtype
 
 
 def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
@@ -29,21 +27,6 @@ def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: s
     from ketchup.tokenizer import build
 
     build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir)
-
-
-def compute_device() -> torch.device:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def teacher_dtype() -> torch.dtype | None:
-    """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
 
 
 def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ketchup.cli import MODEL_MODULES, import_quietly, json_spec, setup
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, setup
 
 
 def _figure_args(p: argparse.ArgumentParser) -> None:
