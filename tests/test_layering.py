@@ -47,3 +47,15 @@ def test_imported_modules_resolves_absolute_relative_and_nested_imports():
 def test_analysis_and_judge_do_not_import_the_command_line_or_stages(path):
     upward = sorted(name for name in imported_modules(path.read_text(), module_name(path)) if name in UPPER)
     assert not upward, f"{path.relative_to(PACKAGE)} imports {upward}; take the helper from ketchup.runtime"
+
+
+@pytest.mark.parametrize("module", ["ketchup.cli", "ketchup.analysis.__main__"])
+def test_every_subcommand_names_its_function(module):
+    """Dispatch is by ``set_defaults(func=...)``: a subcommand without one could not run."""
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [name for name, p in sub.choices.items() if not callable(p.get_default("func"))]
+    assert sub.choices and not missing

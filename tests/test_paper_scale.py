@@ -299,7 +299,8 @@ def test_stages_load_teacher_and_student_by_path(arch, tmp_path):
 
     # Teacher outputs from a model directory (as `generate --teacher` runs on a saved teacher).
     out = tmp_path / "teacher_outputs.jsonl"
-    stages.outputs("en_nl", arch, str(path), str(data / "test.jsonl"), prompt, gen, 32, str(out), teacher=True)
+    stages.outputs(task="en_nl", arch=arch, model_dir=str(path), data_path=str(data / "test.jsonl"), prompt=prompt,
+                   gen=gen, max_source_length=32, out_path=str(out), teacher=True)
     rows = read_jsonl(out)
     assert len(rows) == 3 and {"id", "source", "reference", "prediction"} <= set(rows[0])
 
@@ -309,9 +310,11 @@ def test_stages_load_teacher_and_student_by_path(arch, tmp_path):
             "generation": gen, "seed": 0, "max_source_length": 32, "max_target_length": 8}
     student = tmp_path / "student"
     predictions = tmp_path / "predictions.jsonl"
-    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(student),
-                   str(predictions))
+    stages.student(spec=spec, data_dir=str(data), teacher_outputs_dir=str(tmp_path), teacher_dir=str(path),
+                   init_dir=None, ckpt_dir=str(tmp_path / "ckpt"), out_dir=str(student),
+                   predictions_path=str(predictions))
     assert [r["prediction"] for r in read_jsonl(predictions)] == [r["prediction"] for r in rows]
     again = tmp_path / "again.jsonl"  # the saved student predicts the same as the job did
-    stages.outputs("en_nl", arch, str(student), str(data / "test.jsonl"), prompt, gen, 32, str(again))
+    stages.outputs(task="en_nl", arch=arch, model_dir=str(student), data_path=str(data / "test.jsonl"),
+                   prompt=prompt, gen=gen, max_source_length=32, out_path=str(again))
     assert read_jsonl(again) == read_jsonl(predictions)

@@ -19,11 +19,11 @@ from ketchup.io import read_jsonl, write_json, write_jsonl
 from ketchup.runtime import compute_device, teacher_dtype
 
 
-def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
+def data(*, task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
 
-def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
+def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
     from ketchup.tokenizer import build
 
     build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir)
@@ -78,7 +78,7 @@ def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
         write_json(tmp / "train_summary.json", summary)
 
 
-def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
+def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
     """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
     from ketchup.methods import Objective
     from ketchup.models import load_tokenizer
@@ -112,7 +112,7 @@ def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> 
     return {"spec": spec, "inputs": input_digests(inputs)}
 
 
-def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
+def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
             max_source_length: int, out_path: str, teacher: bool = False) -> None:
     """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line."""
     from ketchup.models import load_model, load_tokenizer
@@ -131,7 +131,7 @@ def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, p
                            for e, p in zip(examples, preds)))
 
 
-def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
+def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
             ckpt_dir: str, out_dir: str, predictions_path: str) -> None:
     """Train one student (task, size, method, seed) with its method's objective, then write the
     dev-best model's greedy test predictions (in this process: a job of its own would spend more
