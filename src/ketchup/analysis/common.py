@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ketchup import paths
 from ketchup.config import TASK_KINDS
 from ketchup.registry import NAMES as METHODS
 
@@ -13,11 +14,8 @@ from ketchup.registry import NAMES as METHODS
 # tests/test_analysis.py checks that the two agree.
 PRIMARY = {"summarization": "rouge1", "translation": "bleu", "arithmetic": "accuracy"}
 
-# results/models/students/{task}/{student}/{method}/seed{seed}
-MODEL_PATTERN = re.compile(r"students/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/?$")
-# results/predictions/{task}/{student}/{method}/seed{seed}.jsonl
-PREDICTION_PATTERN = re.compile(
-    r"predictions/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)\.jsonl$")
+MODEL_PATTERN = paths.run_regex("students")  # ketchup.paths.student_model
+PREDICTION_PATTERN = paths.run_regex("predictions", ".jsonl")  # ketchup.paths.predictions
 
 METHOD_ORDER = ["teacher", *METHODS]
 METHOD_NAMES = {"teacher": "Teacher", "prompted": "Prompted student", "sft": "SFT", "seqkd": "SeqKD",
