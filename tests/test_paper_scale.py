@@ -2,7 +2,7 @@
 
 - workflow/configs/paper.yaml and paper_qwen.yaml build the full DAG (dry run, nothing downloaded)
   with the job counts their tasks, students, methods and seeds imply;
-- under workflow/profiles/slurm the training and generation jobs resolve to one GPU each and the
+- under profiles/slurm the training and generation jobs resolve to one GPU each and the
   data / score / table jobs to none, as the SLURM plugin would submit them (its own sbatch builder);
 - every rule the profiles name exists in the workflow;
 - a model and tokenizer given by hub name go through the same code as a local directory: tiny T5
@@ -25,7 +25,7 @@ from ketchup import config as kconfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"
 CONFIGS = REPO_ROOT / "workflow" / "configs"
-PROFILES = REPO_ROOT / "workflow" / "profiles"
+PROFILES = REPO_ROOT / "profiles"
 PAPER_CONFIGS = ["paper.yaml", "paper_qwen.yaml"]
 TARGET = "results/tables/main.csv"
 
@@ -232,6 +232,8 @@ def test_workstation_profile_caps_concurrent_gpu_jobs(tmp_path):
     assert jobs
     for rule, res in jobs:
         assert res.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, res)
+    # profiles/default, beside the Snakefile, still applies as the workflow profile under --profile
+    assert f"workflow specific profile {PROFILES / 'default'}" in out
 
 
 # --- loading by name = loading from a directory ---------------------------------------------------
