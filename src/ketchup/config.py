@@ -117,13 +117,18 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'methods': {name!r} starts from the {start!r} student; add {start!r}")
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply overrides, validate, return it."""
+def read(path: str | Path) -> dict[str, Any]:
+    """A YAML config as it is in the file, not yet validated."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply overrides, validate, return it."""
+    config = read(path)
     if overrides:
         config = deep_update(config, overrides)
     validate(config)

@@ -13,14 +13,19 @@ from ketchup.io import DataError  # noqa: E402
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
-if not config:
-    config.update(kconfig.load(Path(workflow.basedir) / "config.yaml"))
 try:
+    if not config:
+        config.update(kconfig.read(Path(workflow.basedir) / "config.yaml"))
     kconfig.validate(config)
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
-jobenv.prepare(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+# Jobs' PYTHONPATH and PATH, set in each job's shell command (braces doubled: shell.prefix formats).
+shell.prefix(
+    jobenv.shell_prefix(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+    .replace("{", "{{")
+    .replace("}", "}}")
+)
 
 ARCH = config["architecture"]
 TASKS = list(config["tasks"])
