@@ -282,3 +282,15 @@ def test_split_sizes_take_a_number_or_all(default_config):
     _raises(default_config, "tasks.gsm8k.n_test")
     default_config["tasks"]["gsm8k"] = {"source": "synthetic", "n_dev": "all"}  # a generator has no 'all'
     _raises(default_config, "tasks.gsm8k.n_dev", "hub or local")
+
+
+def test_a_block_given_alone_is_checked_against_its_part_of_the_schema():
+    from ketchup.judge.config import JudgeConfigError, load_config
+
+    kconfig.validate_block("judge", {"concurrency": 2, "criteria": ["overall"]})
+    with pytest.raises(ConfigError) as err:
+        kconfig.validate_block("judge", {"concurrency": 0, "bogus": 1})
+    assert "config key 'judge.concurrency'" in str(err.value) and "config key 'judge.bogus': unknown key" in str(err.value)
+    with pytest.raises(JudgeConfigError, match="judge.criteria"):
+        load_config({"criteria": ["overall", "overall"]})  # the schema's uniqueItems, not a restated check
+    assert load_config({"criteria": ["a", "b"], "timeout_s": 60}).criteria == ("a", "b")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ketchup import paths
-from ketchup.analysis.common import MODEL_PATTERN, PREDICTION_PATTERN, parse_path
+from ketchup.analysis.common import MODEL_PATTERN, PREDICTION_PATTERN
 from ketchup.tables import parse_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +30,9 @@ def test_run_paths_hand_written():
                                            (paths.predictions, PREDICTION_PATTERN)])
 def test_parsers_read_back_what_paths_write(make, pattern):
     want = {"task": "en_nl", "student": "tiny", "method": "ketchup-k8", "seed": 12}
-    assert parse_path(make(**want), pattern) == want
+    assert paths.parse(make(**want), pattern) == want
     with pytest.raises(ValueError):
-        parse_path(make("en_nl", "tiny", "kl", "x"), pattern)
+        paths.parse(make("en_nl", "tiny", "kl", "x"), pattern)
     assert parse_run(paths.metrics(**want)) == want
     assert parse_run(paths.teacher_metrics("xsum"))["method"] == "teacher"
 

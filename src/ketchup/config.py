@@ -57,8 +57,8 @@ class ConfigError(ValueError):
     """A configuration problem, with the dotted key that caused it."""
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+def _key_path(error: jsonschema.ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    path = ".".join(str(p) for p in (*prefix, *error.absolute_path))
     return path or "<top level>"
 
 
@@ -72,26 +72,38 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Raise ConfigError listing every schema violation with its key path."""
+    _raise_errors(jsonschema.Draft202012Validator(load_schema(schema_path)), config)
+    _check_semantics(config)
+
+
+def validate_block(key: str, block: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Check one top-level block given on its own (e.g. the judge's, passed to a job) against its
+    part of the schema. Conditions between keys (``if``/``then``) are left to the block's own code,
+    which explains them (e.g. ketchup.judge.check_enabled)."""
     schema = load_schema(schema_path)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    part = {k: v for k, v in schema["properties"][key].items() if k not in ("if", "then", "else")}
+    _raise_errors(jsonschema.Draft202012Validator({**part, "$defs": schema["$defs"]}), block, (key,))
+
+
+def _raise_errors(validator: jsonschema.Draft202012Validator, instance: Any, prefix: tuple[str, ...] = ()) -> None:
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for err in errors:
-            where = _key_path(err)
+            where = _key_path(err, prefix)
+            inside = bool(prefix or err.absolute_path)
             if "propertyNames" in err.absolute_schema_path:
                 # jsonschema reports the parent (and validator enum/pattern); name the key itself.
-                key = f"{where}.{err.instance}" if err.absolute_path else str(err.instance)
+                key = f"{where}.{err.instance}" if inside else str(err.instance)
                 lines.append(f"config key '{key}': unknown name {err.instance!r} ({err.message})")
             elif err.validator == "additionalProperties":
                 known = err.schema.get("properties", {})
                 for extra in (k for k in err.instance if k not in known):
-                    key = f"{where}.{extra}" if err.absolute_path else str(extra)
+                    key = f"{where}.{extra}" if inside else str(extra)
                     lines.append(f"config key '{key}': unknown key (known: {', '.join(known)})")
             else:
                 lines.append(f"config key '{where}': {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    _check_semantics(config)
 
 
 def _check_semantics(config: dict[str, Any]) -> None:

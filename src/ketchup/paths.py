@@ -9,6 +9,8 @@ code that reads a run's identity back from a path uses :func:`run_regex`, built 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 RESULTS = "results"
 
@@ -22,6 +24,15 @@ def run_regex(prefix: str, suffix: str = "") -> re.Pattern:
     """Matches ``.../{prefix}/{run}{suffix}`` at the end of a path; groups task, student, method, seed."""
     run_ = r"(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)"
     return re.compile(f"{re.escape(prefix)}/{run_}{re.escape(suffix)}$")
+
+
+def parse(path: str | Path, pattern: re.Pattern) -> dict[str, Any]:
+    """A run's {task, student, method, seed} read from ``path`` with a :func:`run_regex` pattern."""
+    posix = Path(path).as_posix().rstrip("/")
+    match = pattern.search(posix)
+    if not match:
+        raise ValueError(f"{path}: does not match {pattern.pattern}")
+    return {**match.groupdict(), "seed": int(match["seed"])}
 
 
 def data_dir(task: str) -> str:
@@ -88,6 +99,11 @@ JUDGE_CACHE = f"{RESULTS}/judge/cache"
 def judge_run(task: str, student: str, method: str, seed: int | str) -> str:
     """A run's LLM-judge folder (scores.jsonl, pairwise.jsonl and their .summary.json)."""
     return f"{RESULTS}/judge/{run(task, student, method, seed)}"
+
+
+def judge_file(task: str, student: str, method: str, seed: int | str, name: str) -> str:
+    """A file of a run's LLM-judge folder, e.g. ``name="scores.jsonl"``."""
+    return f"{judge_run(task, student, method, seed)}/{name}"
 
 
 def table(name: str) -> str:

@@ -195,11 +195,11 @@ def baseline_predictions(wildcards):
 
 def judge_table_inputs(wildcards):
     judge_ready()
-    runs = paths.judge_run("{task}", "{student}", "{method}", "{seed}")
+    run = ("{task}", "{student}", "{method}", "{seed}")
     return {
-        "scores": expand(f"{runs}/scores.jsonl", task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
+        "scores": expand(paths.judge_file(*run, "scores.jsonl"), task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
         "pairwise": expand(
-            f"{runs}/pairwise.jsonl",
+            paths.judge_file(*run, "pairwise.jsonl"),
             task=TASKS,
             student=STUDENTS,
             method=[m for m in METHODS if m != JUDGE_BASELINE],

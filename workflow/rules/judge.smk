@@ -19,8 +19,8 @@ rule judge_scores:
         predictions=judged_predictions,
         templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "score.txt")],
     output:
-        scores=paths.judge_run("{task}", "{student}", "{method}", "{seed}") + "/scores.jsonl",
-        summary=paths.judge_run("{task}", "{student}", "{method}", "{seed}") + "/scores.summary.json",
+        scores=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.jsonl"),
+        summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.summary.json"),
     params:
         spec=JUDGE_SPEC,
         cache=JUDGE_CACHE,
@@ -44,8 +44,8 @@ rule judge_pairwise:
         baseline=baseline_predictions,
         templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "pairwise.txt")],
     output:
-        pairwise=paths.judge_run("{task}", "{student}", "{method}", "{seed}") + "/pairwise.jsonl",
-        summary=paths.judge_run("{task}", "{student}", "{method}", "{seed}") + "/pairwise.summary.json",
+        pairwise=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.jsonl"),
+        summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.summary.json"),
     params:
         spec=JUDGE_SPEC,
         cache=JUDGE_CACHE,

@@ -178,14 +178,14 @@ def _main_tables(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ketchup.analysis import tables_paper
-    from ketchup.analysis.common import write_text
+    from ketchup.io import write_text
 
     main_ = pd.read_csv(args.main)
     tasks, students = args.spec.get("tasks"), args.spec.get("students")
     md = tables_paper.markdown(main_, tasks, students)
     print(md)
-    write_text(md, args.md)
-    write_text(tables_paper.latex(main_, tasks, students), args.tex)
+    write_text(args.md, md)
+    write_text(args.tex, tables_paper.latex(main_, tasks, students))
 
 
 def _significance(args: argparse.Namespace) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 from ketchup import paths
 from ketchup.config import TASK_KINDS
@@ -38,23 +36,8 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
-def parse_path(path: str | Path, pattern: re.Pattern) -> dict[str, Any]:
-    posix = Path(path).as_posix().rstrip("/")
-    match = pattern.search(posix)
-    if not match:
-        raise ValueError(f"{path}: does not match {pattern.pattern}")
-    return {**match.groupdict(), "seed": int(match["seed"])}
-
-
 def write_csv(frame, out: str | Path) -> None:
     from ketchup.io import atomic_path
 
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def write_text(text: str, out: str | Path) -> None:
-    from ketchup.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
