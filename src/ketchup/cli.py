@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, setup
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,18 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args)
     from ketchup.config import ConfigError
     from ketchup.io import DataError, StorageError
     from ketchup.judge.config import JudgeAPIError, JudgeConfigError
 
-    try:
-        args.func(args)
-    except (ConfigError, DataError, StorageError, JudgeConfigError, JudgeAPIError) as exc:
-        print(f"ketchup {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser(), argv, "ketchup", "stage",
+                       (ConfigError, DataError, StorageError, JudgeConfigError, JudgeAPIError))
 
 
 # One function per stage (set_defaults(func=...) above). A stage that loads models checks its spec

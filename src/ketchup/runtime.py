@@ -12,6 +12,7 @@ import gc
 import importlib
 import json
 import logging
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it: the light commands never load it
@@ -36,6 +37,23 @@ def setup(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, name: str, dest: str,
+                errors: tuple[type[Exception], ...]) -> int:
+    """Parse ``argv``, set up, run the subcommand's function (``set_defaults(func=...)``).
+
+    One of ``errors`` (bad input, named by file, line or config key) ends the command with one line
+    ``<name> <subcommand>: error: ...`` on stderr and exit status 2; anything else is a bug and raises.
+    """
+    args = parser.parse_args(argv)
+    setup(args)
+    try:
+        args.func(args)
+    except errors as exc:
+        print(f"{name} {getattr(args, dest)}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def import_quietly(*modules: str) -> None:

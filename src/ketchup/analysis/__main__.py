@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, setup
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
 
 
 def _figure_args(p: argparse.ArgumentParser, name: str) -> None:
@@ -97,16 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args)
-    from ketchup.io import DataError
-
-    try:
-        args.func(args)
-    except (DataError, ValueError) as exc:
-        print(f"ketchup.analysis {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser(), argv, "ketchup.analysis", "command", (ValueError,))  # DataError too
 
 
 # One function per command (set_defaults(func=...) above).

@@ -76,4 +76,4 @@ def judge_figure(csv_path: str | os.PathLike, out_pdf: str | os.PathLike, out_pn
     for k in range(len(keys), nrows * ncols):
         if k > 0:
             axes[k // ncols][k % ncols].set_visible(False)
-    save(fig, out_pdf, out_png)
+    save(fig, out_pdf, out_png, tight=True)

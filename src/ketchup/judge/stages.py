@@ -299,7 +299,12 @@ RUN_FILE = paths.run_regex("judge")  # the folder of ketchup.paths.judge_file
 
 def parse_run_path(path: str | os.PathLike) -> dict[str, Any]:
     """``.../judge/{task}/{student}/{method}/seed{seed}/<file>`` -> ``{task, student, method, seed}``."""
-    return paths.parse(Path(path).parent, RUN_FILE)
+    try:
+        return paths.parse(Path(path).parent, RUN_FILE)
+    except ValueError:
+        raise DataError(f"{path}: cannot read (task, student, method, seed) from it: expected "
+                        ".../judge/{task}/{student}/{method}/seed{seed}/<file>, or pass a mapping with "
+                        "path, task, student, method and seed") from None
 
 
 def _resolve(entry) -> tuple[Path, dict]:
