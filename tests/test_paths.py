@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_paths_hand_written():
-    assert paths.student_model("en_nl", "tiny", "ketchup-k4", 3) == "results/models/students/en_nl/tiny/ketchup-k4/seed3"
+    want = "results/models/students/en_nl/tiny/ketchup-k4/seed3"
+    assert paths.student_model("en_nl", "tiny", "ketchup-k4", 3) == want
     assert paths.predictions("xsum", "small", "kl", 0) == "results/predictions/xsum/small/kl/seed0.jsonl"
     assert paths.metrics("gsm8k", "base", "llmr", 1) == "results/metrics/gsm8k/base/llmr/seed1.json"
     assert paths.student_checkpoints("en_nl", "tiny", "kl", 0) == "results/checkpoints/students/en_nl/tiny/kl/seed0"

@@ -1,4 +1,5 @@
-"""Load and validate the pipeline configuration against workflow/schemas/config.schema.yaml.
+"""Load and validate the pipeline configuration against the schema shipped with the package
+(src/ketchup/schema/config.schema.yaml); its ``default:`` values are the settings' defaults.
 
 Validation happens when the Snakemake DAG is built, so a bad config stops the run before any job
 starts; errors name the offending key as a dotted path (``tasks.xsum.k``).
@@ -7,6 +8,8 @@ starts; errors name the offending key as a dotted path (``tasks.xsum.k``).
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +18,36 @@ import yaml
 
 from ketchup import registry
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(str(resources.files("ketchup") / "schema" / "config.schema.yaml"))
 
 # Task name -> kind of task (decides the metric and the record schema).
 TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
 
 
-# Reference defaults (DESIGN.md section 2); the config overrides any of them.
-RL_DEFAULTS = {
-    "rollout": "greedy",          # the reference's sampling flag never reached generate
-    "rollout_dropout": True,      # the reference decoded rollouts with the student in train mode
-    "baseline_scope": "sequence",  # the reference trained on one sequence a batch
-    "value": "max",
-    "clip": 50.0,
-    "denom": 1.0,
-    "token_weight": "prob",
-    "entropy_coef": 0.0,
-    "k_sweep": [],
-}
-OPTIM_DEFAULTS = {
-    "lr": 1e-4,
-    "weight_decay": 0.0,
-    "epochs": 1,
-    "max_steps": None,
-    "batch_size": 16,
-    "grad_accum": 1,
-    "warmup_steps": 0,
-    "max_grad_norm": 1.0,
-    "eval_every": 100,
-    "dev_eval_examples": 100,
-    "checkpoint_every": 50,
-    "mixed_precision": "no",
-    "gradient_checkpointing": False,
-}
-GENERATION_DEFAULTS = {"batch_size": 32, "num_beams": 1}
-LENGTH_DEFAULTS = {"max_source_length": 512, "max_target_length": 128}
+
+
+@lru_cache(maxsize=None)
+def _schema_text(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(schema_path.read_text())
+
+
+def schema_defaults(*where: str) -> dict[str, Any]:
+    """The ``default:`` of each property of the schema node at ``where`` (e.g. ``"$defs", "optim"``):
+    the one place every default is written. Layered settings (defaults < train < method_overrides)
+    merge these under the config, so an override never brings defaults of its own."""
+    node = _schema_text()
+    for key in where:
+        node = node[key]
+    return {name: copy.deepcopy(prop["default"]) for name, prop in node["properties"].items() if "default" in prop}
+
+
+# Reference defaults (DESIGN.md section 2); the config overrides any of them. rl.k_sweep decides which
+# students exist (ketchup.analysis.settings.k_sweep), not how one trains: it is no objective setting.
+RL_DEFAULTS = {k: v for k, v in schema_defaults("properties", "rl").items() if k != "k_sweep"}
+OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
+GENERATION_DEFAULTS = schema_defaults("properties", "generation")
+LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
+                   if k in ("max_source_length", "max_target_length")}
 
 
 class ConfigError(ValueError):
@@ -64,7 +61,7 @@ def _key_path(error: jsonschema.ValidationError, prefix: tuple[str, ...] = ()) -
 
 def load_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The config schema, with the method enums filled from the method registry."""
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = copy.deepcopy(_schema_text(schema_path))
     schema["$defs"]["method"]["enum"] = list(registry.NAMES)
     schema["$defs"]["trained_method"]["enum"] = list(registry.TRAINED_METHODS)
     return schema

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ketchup.config import ConfigError, schema_defaults, validate_block
 
-DEFAULT_CRITERIA = ("overall", "informativeness", "coherence")
+_DEFAULTS = schema_defaults("properties", "judge")
 
 
 class JudgeConfigError(RuntimeError):
@@ -28,25 +29,27 @@ class JudgeInvalidError(JudgeAPIError):
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    enabled: bool = False
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 256
-    n_examples: int | None = 100  # None or <= 0: every example
-    seed: int = 0
-    baseline: str = "kl"
-    concurrency: int = 4
-    max_retries: int = 5
-    timeout_s: float = 30.0
-    backoff_s: float = 0.5  # first retry delay; doubles each retry
-    backoff_max_s: float = 30.0  # cap on one delay (also caps a server's Retry-After)
-    price_per_1k_prompt_tokens: float = 0.0
-    price_per_1k_completion_tokens: float = 0.0
-    criteria: tuple[str, ...] = DEFAULT_CRITERIA
-    max_chars: int | None = 6000  # source/reference/output longer than this are cut (cost bound)
-    max_invalid_fraction: float = 0.05  # above this share of unparseable judgements the job fails
+    """The judge block; every default is the schema's (ketchup/schema/config.schema.yaml)."""
+
+    enabled: bool = _DEFAULTS["enabled"]
+    base_url: str | None = _DEFAULTS["base_url"]
+    model: str | None = _DEFAULTS["model"]
+    api_key_env: str = _DEFAULTS["api_key_env"]
+    temperature: float = _DEFAULTS["temperature"]
+    max_tokens: int = _DEFAULTS["max_tokens"]
+    n_examples: int | None = _DEFAULTS["n_examples"]  # None or <= 0: every example
+    seed: int = _DEFAULTS["seed"]
+    baseline: str = _DEFAULTS["baseline"]
+    concurrency: int = _DEFAULTS["concurrency"]
+    max_retries: int = _DEFAULTS["max_retries"]
+    timeout_s: float = _DEFAULTS["timeout_s"]
+    backoff_s: float = _DEFAULTS["backoff_s"]  # first retry delay; doubles each retry
+    backoff_max_s: float = _DEFAULTS["backoff_max_s"]  # cap on one delay (also caps a server's Retry-After)
+    price_per_1k_prompt_tokens: float = _DEFAULTS["price_per_1k_prompt_tokens"]
+    price_per_1k_completion_tokens: float = _DEFAULTS["price_per_1k_completion_tokens"]
+    criteria: tuple[str, ...] = tuple(_DEFAULTS["criteria"])
+    max_chars: int | None = _DEFAULTS["max_chars"]  # source/reference/output longer than this are cut (cost bound)
+    max_invalid_fraction: float = _DEFAULTS["max_invalid_fraction"]  # more invalid judgements fail the job
     task_descriptions: Mapping[str, str] = field(default_factory=dict)  # task name -> text
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -58,9 +61,7 @@ class JudgeConfig:
 
 def load_config(cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
     """A :class:`JudgeConfig` from the config's judge block, checked against its part of the schema
-    (workflow/schemas/config.schema.yaml, the one place its rules are written)."""
-    from ketchup.config import ConfigError, validate_block
-
+    (ketchup/schema/config.schema.yaml, the one place its rules are written)."""
     if isinstance(cfg, JudgeConfig):
         return cfg
     kw = dict(cfg or {})
