@@ -92,11 +92,11 @@ def test_paper_config_settings(name):
     assert len(config["seeds"]) == 3
     assert {t: s["source"] for t, s in config["tasks"].items()} == {"xsum": "hub", "en_nl": "hub", "gsm8k": "hub"}
     assert config["tokenizer"]["kind"] == "pretrained"
-    assert config["rl"]["k_sweep"] == [1, 2, 4, 8, 16]
+    assert config["analysis"]["k_sweep"] == [1, 2, 4, 8, 16]
     # The reference's RL settings (scripts/reinforce_xsum.sh, reinforce.py, Mymodel.py Net.reinforce).
-    assert kconfig.rl_settings(config) | {"k_sweep": None} == {
+    assert kconfig.rl_settings(config) == {
         "rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence", "value": "max", "clip": 50.0,
-        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0, "k_sweep": None}
+        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0}
     # The reference's KD settings (scripts/distill_xsum.sh: 8 x 32 x 2 GPUs, fp32, no clipping).
     for method in ("sft", "seqkd", "kl", "js", "tvd"):
         settings = kconfig.optim_settings(config, method)

@@ -50,7 +50,7 @@ def _spec(method="kl", **extra):
             "model": {"config": TINY},
             "train": {**OPTIM_DEFAULTS, "max_steps": 4, "batch_size": 8, "eval_every": 1, "checkpoint_every": 2,
                       "dev_eval_examples": 4},
-            "rl": {k: v for k, v in RL_DEFAULTS.items() if k != "k_sweep"}, "k": 1,
+            "rl": RL_DEFAULTS, "k": 1,
             "generation": {**GENERATION_DEFAULTS, "max_new_tokens": 8}, "seed": 0,
             "max_source_length": 32, "max_target_length": 16}
     for key, value in extra.items():

@@ -41,9 +41,8 @@ def schema_defaults(*where: str) -> dict[str, Any]:
     return {name: copy.deepcopy(prop["default"]) for name, prop in node["properties"].items() if "default" in prop}
 
 
-# Reference defaults (DESIGN.md section 2); the config overrides any of them. rl.k_sweep decides which
-# students exist (ketchup.analysis.settings.k_sweep), not how one trains: it is no objective setting.
-RL_DEFAULTS = {k: v for k, v in schema_defaults("properties", "rl").items() if k != "k_sweep"}
+# Reference defaults (DESIGN.md section 2); the config overrides any of them.
+RL_DEFAULTS = schema_defaults("properties", "rl")
 OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()

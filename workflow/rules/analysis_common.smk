@@ -4,7 +4,7 @@
 from ketchup.analysis import settings as asettings  # noqa: E402  (light import: no torch)
 
 ANALYSIS = asettings.analysis_settings(config)
-K_SWEEP = asettings.k_sweep(config)  # rl.k_sweep, or [1, 2, 4, 8] when the config has none
+K_SWEEP = asettings.k_sweep(config)  # analysis.k_sweep, or [1, 2, 4, 8] when the config has none
 SEED0 = SEEDS[0]
 
 
@@ -51,7 +51,7 @@ def grad_variance_spec(wildcards):
             "seed": int(wildcards.seed),
             "arch": ARCH,
             "ks": asettings.grad_variance_ks(config, wildcards.task),
-            "rl": {key: value for key, value in kconfig.rl_settings(config).items() if key != "k_sweep"},
+            "rl": kconfig.rl_settings(config),
             "n_minibatches": gv["n_minibatches"],
             "batch_size": gv["batch_size"] or kconfig.optim_settings(config, "ketchup")["batch_size"],
             "sample_seed": gv["seed"],

@@ -105,8 +105,7 @@ def student_spec(wildcards):
             "method": method,
             "model": config["students"][wildcards.student],
             "train": kconfig.optim_settings(config, method),
-            # k_sweep only decides which students exist; as a param it would retrain them all.
-            "rl": {k: v for k, v in kconfig.rl_settings(config).items() if k != "k_sweep"},
+            "rl": kconfig.rl_settings(config),
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),

@@ -11,26 +11,30 @@ from typing import Any
 
 from ketchup.config import schema_defaults
 
-# rl.k_sweep when the config gives none (or an empty list).
-DEFAULT_K_SWEEP = schema_defaults("properties", "rl")["k_sweep"]
+# analysis.k_sweep when the config gives none (or an empty list).
+DEFAULT_K_SWEEP = schema_defaults("properties", "analysis")["k_sweep"]
 
-# The schema's default: values of each section of the analysis block.
-DEFAULTS: dict[str, Any] = {section: schema_defaults("properties", "analysis", "properties", section)
-                            for section in ("grad_variance", "bootstrap")}
+# The schema's default: values of the analysis block (its sections one level deep).
+DEFAULTS: dict[str, Any] = {"k_sweep": DEFAULT_K_SWEEP,
+                            **{section: schema_defaults("properties", "analysis", "properties", section)
+                               for section in ("grad_variance", "bootstrap")}}
 
 
 def analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config's ``analysis`` block over :data:`DEFAULTS` (one level deep per section)."""
     given = config.get("analysis", {}) or {}
     out = copy.deepcopy(DEFAULTS)
-    for section, values in given.items():
-        out.setdefault(section, {}).update(values or {})
+    for key, values in given.items():
+        if isinstance(out.get(key), dict):
+            out[key].update(values or {})
+        else:
+            out[key] = copy.deepcopy(values)
     return out
 
 
 def k_sweep(config: dict[str, Any]) -> list[int]:
-    """K values of the sweep: ``rl.k_sweep``, or :data:`DEFAULT_K_SWEEP` when it is missing or empty."""
-    ks = (config.get("rl") or {}).get("k_sweep") or DEFAULT_K_SWEEP
+    """K values of the sweep: ``analysis.k_sweep``, or :data:`DEFAULT_K_SWEEP` when it is missing or empty."""
+    ks = analysis_settings(config)["k_sweep"] or DEFAULT_K_SWEEP
     return sorted(set(int(k) for k in ks))
 
 
