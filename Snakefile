@@ -25,7 +25,7 @@ include: "workflow/rules/judge.smk"
 
 rule all:
     input:
-        "results/tables/main.csv",
+        paths.table("main.csv"),
         ANALYSIS_TABLES,
         ANALYSIS_FIGURES,
     default_target: True

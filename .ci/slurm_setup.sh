@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for tests/test_slurm.py (the pipeline run through
-# workflow/profiles/slurm). Installs slurm-wlm and munge from the Debian packages, writes a minimal
+# profiles/slurm). Installs slurm-wlm and munge from the Debian packages, writes a minimal
 # slurm.conf (no accounting daemon: job states come from squeue, so finished jobs are kept for an
 # hour with MinJobAge), starts munged, slurmctld and slurmd, and waits until sinfo shows the node
 # idle. Needs root and apt. Exits non-zero, saying why, when it cannot bring the cluster up.

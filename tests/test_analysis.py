@@ -290,11 +290,11 @@ def test_primary_metric_copy_agrees_with_the_metrics_module():
 
 def test_analysis_settings_and_k_values(default_config):
     assert settings.k_sweep(default_config) == [1, 2, 4, 8]
-    assert settings.k_sweep({"rl": {}}) == settings.DEFAULT_K_SWEEP
+    assert settings.k_sweep({}) == settings.k_sweep({"analysis": {"k_sweep": []}}) == settings.DEFAULT_K_SWEEP
     assert settings.grad_variance_ks(default_config, "gsm8k") == [1, 2, 4, 8]
-    cfg = {**default_config, "rl": {**default_config["rl"], "k_sweep": [2, 3]}}
+    cfg = {**default_config, "analysis": {**default_config.get("analysis", {}), "k_sweep": [2, 3]}}
     assert settings.grad_variance_ks(cfg, "en_nl") == [1, 2, 3, 4]
-    cfg["analysis"] = {"grad_variance": {"k": [5, 1], "n_minibatches": 30}}
+    cfg["analysis"] = {"k_sweep": [2, 3], "grad_variance": {"k": [5, 1], "n_minibatches": 30}}
     assert settings.grad_variance_ks(cfg, "en_nl") == [1, 5]
     full = settings.analysis_settings(cfg)
     assert full["grad_variance"]["n_minibatches"] == 30 and full["grad_variance"]["resamples"] == 1000
@@ -422,8 +422,7 @@ def analysis_run(tmp_path_factory):
         tmp / "config.yaml", TEST_CONFIG, tasks={"en_nl": task}, methods=E2E_METHODS,
         teacher={**base["teacher"], "train": {**base["teacher"]["train"], "max_steps": 60, "eval_every": 30}},
         train={**base["train"], "max_steps": 10, "eval_every": 5, "dev_eval_examples": 10, "checkpoint_every": 10},
-        rl={**base["rl"], "k_sweep": [1, 2, 3]},
-        analysis={"grad_variance": {"n_minibatches": 20, "batch_size": 4, "resamples": 500},
+        analysis={"k_sweep": [1, 2, 3], "grad_variance": {"n_minibatches": 20, "batch_size": 4, "resamples": 500},
                   "bootstrap": {"resamples": 1000, "seed": 0}},
     )
     workdir = tmp / "work"

@@ -282,3 +282,50 @@ def test_split_sizes_take_a_number_or_all(default_config):
     _raises(default_config, "tasks.gsm8k.n_test")
     default_config["tasks"]["gsm8k"] = {"source": "synthetic", "n_dev": "all"}  # a generator has no 'all'
     _raises(default_config, "tasks.gsm8k.n_dev", "hub or local")
+
+
+def test_a_block_given_alone_is_checked_against_its_part_of_the_schema():
+    from ketchup.judge.config import JudgeConfigError, load_config
+
+    kconfig.validate_block("judge", {"concurrency": 2, "criteria": ["overall"]})
+    with pytest.raises(ConfigError) as err:
+        kconfig.validate_block("judge", {"concurrency": 0, "bogus": 1})
+    assert "config key 'judge.concurrency'" in str(err.value)
+    assert "config key 'judge.bogus': unknown key" in str(err.value)
+    with pytest.raises(JudgeConfigError, match="judge.criteria"):
+        load_config({"criteria": ["overall", "overall"]})  # the schema's uniqueItems, not a restated check
+    assert load_config({"criteria": ["a", "b"], "timeout_s": 60}).criteria == ("a", "b")
+
+
+def test_defaults_come_from_the_schema_and_keep_the_reference_values():
+    """The schema's default: values are the only defaults; these are the values the code had (DESIGN.md s. 2)."""
+    assert kconfig.RL_DEFAULTS == {"rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence",
+                                   "value": "max", "clip": 50.0, "denom": 1.0, "token_weight": "prob",
+                                   "entropy_coef": 0.0}
+    assert kconfig.OPTIM_DEFAULTS == {"lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "max_steps": None,
+                                      "batch_size": 16, "grad_accum": 1, "warmup_steps": 0, "max_grad_norm": 1.0,
+                                      "eval_every": 100, "dev_eval_examples": 100, "checkpoint_every": 50,
+                                      "mixed_precision": "no", "gradient_checkpointing": False}
+    assert kconfig.GENERATION_DEFAULTS == {"batch_size": 32, "num_beams": 1}
+    assert kconfig.LENGTH_DEFAULTS == {"max_source_length": 512, "max_target_length": 128}
+    from ketchup.analysis import settings
+    from ketchup.judge.config import JudgeConfig
+
+    assert settings.DEFAULT_K_SWEEP == [1, 2, 4, 8]
+    assert settings.DEFAULTS["bootstrap"] == {"resamples": 1000, "seed": 0, "confidence": 0.95}
+    assert JudgeConfig().timeout_s == 60 and JudgeConfig().criteria == ("overall", "informativeness", "coherence")
+    # each default passes the schema it sits in
+    for where in (("properties", "rl"), ("$defs", "optim"), ("properties", "generation"), ("properties", "judge")):
+        node = kconfig.load_schema()
+        for key in where:
+            node = node[key]
+        block = kconfig.schema_defaults(*where)
+        validator = jsonschema.Draft202012Validator({**node, "$defs": kconfig.load_schema()["$defs"]})
+        assert not list(validator.iter_errors(block)), where
+
+
+def test_the_schema_ships_with_the_package():
+    from importlib import resources
+
+    assert (resources.files("ketchup") / "schema" / "config.schema.yaml").is_file()
+    assert kconfig.SCHEMA_PATH.is_relative_to(Path(kconfig.__file__).parent)

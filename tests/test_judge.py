@@ -534,3 +534,33 @@ def test_judge_table_and_figure(tmp_path, key_env, server):
     assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in pdf.parent.iterdir() if p.name.startswith(".")]  # no temp files left
     assert assert_no_key_in(tmp_path / "results", tmp_path / "cache") > 10
+
+
+def test_bootstrap_ci_matches_resampling_examples_directly():
+    """The pooled-mean CI against an independent formulation: draw example indices, pool their sums."""
+    import numpy as np
+
+    from ketchup.judge.stages import bootstrap_ci
+
+    sums, counts = np.array([14.0, 5.0, 0.0, 9.0, 16.0]), np.array([2, 1, 0, 2, 2])  # example 3: no valid score
+    mean, lo, hi = bootstrap_ci(sums, counts, n_boot=500, seed=7, level=0.9)
+    assert mean == pytest.approx(44 / 7)
+    s, c = sums[counts > 0], counts[counts > 0]
+    idx = np.random.default_rng(7).integers(0, 4, size=(500, 4))
+    want = np.quantile(s[idx].sum(1) / c[idx].sum(1), [0.05, 0.95])
+    assert (lo, hi) == pytest.approx(tuple(want), rel=1e-12)
+    one = bootstrap_ci(np.array([3.0]), np.array([1]))  # one example: a mean, no CI
+    assert one[0] == 3.0 and np.isnan(one[1]) and np.isnan(one[2])
+
+
+def test_read_predictions_names_file_and_line(tmp_path):
+    from ketchup.io import DataError
+    from ketchup.judge.stages import read_predictions
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prediction": "x"}\n\n{"id": "a", "prediction": "y"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:3: duplicate example id 'a'"):
+        read_predictions(path)
+    path.write_text('{"id": "a"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:1: record lacks \['prediction'\]"):
+        read_predictions(path)

@@ -2,7 +2,7 @@
 
 - workflow/configs/paper.yaml and paper_qwen.yaml build the full DAG (dry run, nothing downloaded)
   with the job counts their tasks, students, methods and seeds imply;
-- under workflow/profiles/slurm the training and generation jobs resolve to one GPU each and the
+- under profiles/slurm the training and generation jobs resolve to one GPU each and the
   data / score / table jobs to none, as the SLURM plugin would submit them (its own sbatch builder);
 - every rule the profiles name exists in the workflow;
 - a model and tokenizer given by hub name go through the same code as a local directory: tiny T5
@@ -25,7 +25,7 @@ from ketchup import config as kconfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"
 CONFIGS = REPO_ROOT / "workflow" / "configs"
-PROFILES = REPO_ROOT / "workflow" / "profiles"
+PROFILES = REPO_ROOT / "profiles"
 PAPER_CONFIGS = ["paper.yaml", "paper_qwen.yaml"]
 TARGET = "results/tables/main.csv"
 
@@ -92,11 +92,11 @@ def test_paper_config_settings(name):
     assert len(config["seeds"]) == 3
     assert {t: s["source"] for t, s in config["tasks"].items()} == {"xsum": "hub", "en_nl": "hub", "gsm8k": "hub"}
     assert config["tokenizer"]["kind"] == "pretrained"
-    assert config["rl"]["k_sweep"] == [1, 2, 4, 8, 16]
+    assert config["analysis"]["k_sweep"] == [1, 2, 4, 8, 16]
     # The reference's RL settings (scripts/reinforce_xsum.sh, reinforce.py, Mymodel.py Net.reinforce).
-    assert kconfig.rl_settings(config) | {"k_sweep": None} == {
+    assert kconfig.rl_settings(config) == {
         "rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence", "value": "max", "clip": 50.0,
-        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0, "k_sweep": None}
+        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0}
     # The reference's KD settings (scripts/distill_xsum.sh: 8 x 32 x 2 GPUs, fp32, no clipping).
     for method in ("sft", "seqkd", "kl", "js", "tvd"):
         settings = kconfig.optim_settings(config, method)
@@ -232,6 +232,8 @@ def test_workstation_profile_caps_concurrent_gpu_jobs(tmp_path):
     assert jobs
     for rule, res in jobs:
         assert res.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, res)
+    # profiles/default, beside the Snakefile, still applies as the workflow profile under --profile
+    assert f"workflow specific profile {PROFILES / 'default'}" in out
 
 
 # --- loading by name = loading from a directory ---------------------------------------------------
@@ -299,7 +301,8 @@ def test_stages_load_teacher_and_student_by_path(arch, tmp_path):
 
     # Teacher outputs from a model directory (as `generate --teacher` runs on a saved teacher).
     out = tmp_path / "teacher_outputs.jsonl"
-    stages.outputs("en_nl", arch, str(path), str(data / "test.jsonl"), prompt, gen, 32, str(out), teacher=True)
+    stages.outputs(task="en_nl", arch=arch, model_dir=str(path), data_path=str(data / "test.jsonl"), prompt=prompt,
+                   gen=gen, max_source_length=32, out_path=str(out), teacher=True)
     rows = read_jsonl(out)
     assert len(rows) == 3 and {"id", "source", "reference", "prediction"} <= set(rows[0])
 
@@ -309,9 +312,11 @@ def test_stages_load_teacher_and_student_by_path(arch, tmp_path):
             "generation": gen, "seed": 0, "max_source_length": 32, "max_target_length": 8}
     student = tmp_path / "student"
     predictions = tmp_path / "predictions.jsonl"
-    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(student),
-                   str(predictions))
+    stages.student(spec=spec, data_dir=str(data), teacher_outputs_dir=str(tmp_path), teacher_dir=str(path),
+                   init_dir=None, ckpt_dir=str(tmp_path / "ckpt"), out_dir=str(student),
+                   predictions_path=str(predictions))
     assert [r["prediction"] for r in read_jsonl(predictions)] == [r["prediction"] for r in rows]
     again = tmp_path / "again.jsonl"  # the saved student predicts the same as the job did
-    stages.outputs("en_nl", arch, str(student), str(data / "test.jsonl"), prompt, gen, 32, str(again))
+    stages.outputs(task="en_nl", arch=arch, model_dir=str(student), data_path=str(data / "test.jsonl"),
+                   prompt=prompt, gen=gen, max_source_length=32, out_path=str(again))
     assert read_jsonl(again) == read_jsonl(predictions)

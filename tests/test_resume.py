@@ -50,7 +50,7 @@ def _spec(method="kl", **extra):
             "model": {"config": TINY},
             "train": {**OPTIM_DEFAULTS, "max_steps": 4, "batch_size": 8, "eval_every": 1, "checkpoint_every": 2,
                       "dev_eval_examples": 4},
-            "rl": {k: v for k, v in RL_DEFAULTS.items() if k != "k_sweep"}, "k": 1,
+            "rl": RL_DEFAULTS, "k": 1,
             "generation": {**GENERATION_DEFAULTS, "max_new_tokens": 8}, "seed": 0,
             "max_source_length": 32, "max_target_length": 16}
     for key, value in extra.items():
@@ -61,8 +61,9 @@ def _spec(method="kl", **extra):
 def _run(world, spec, run_dir: Path, data=None, init=None) -> dict:
     """Train a student into run_dir/out; return what must match between runs."""
     out, preds = run_dir / "out", run_dir / "predictions.jsonl"
-    stages.student(spec, str(data or world["data"]), str(world["outputs"]), str(world["teacher"]),
-                   None if init is None else str(init), str(run_dir / "ckpt"), str(out), str(preds))
+    stages.student(spec=spec, data_dir=str(data or world["data"]), teacher_outputs_dir=str(world["outputs"]),
+                   teacher_dir=str(world["teacher"]), init_dir=None if init is None else str(init),
+                   ckpt_dir=str(run_dir / "ckpt"), out_dir=str(out), predictions_path=str(preds))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"weights": (out / "model.safetensors").read_bytes(), "predictions": preds.read_text(),
             "metrics": [{k: v for k, v in r.items() if k != "seconds"} for r in rows],

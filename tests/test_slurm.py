@@ -1,4 +1,4 @@
-"""The pipeline through workflow/profiles/slurm on a real (one-node, local) SLURM cluster.
+"""The pipeline through profiles/slurm on a real (one-node, local) SLURM cluster.
 
 .ci/slurm_setup.sh brings such a cluster up; without one (no `sinfo`, or no idle node) these tests
 skip, saying why. The run uses the test config cut to one task and two methods, and the slurm profile
@@ -22,7 +22,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"
-SLURM_PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+SLURM_PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
 TEST_CONFIG = REPO_ROOT / "workflow" / "configs" / "test.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 

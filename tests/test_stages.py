@@ -37,7 +37,8 @@ def _spec(path, **extra):
 def test_teacher_without_finetuning_is_the_loaded_checkpoint(tmp_path):
     data, path, model = _pretrained(tmp_path)
     out = tmp_path / "teacher"
-    stages.teacher(_spec(path, finetune=False), str(data), str(path), str(tmp_path / "ckpt"), str(out))
+    stages.teacher(spec=_spec(path, finetune=False), data_dir=str(data), tokenizer_dir=str(path),
+                   ckpt_dir=str(tmp_path / "ckpt"), out_dir=str(out))
     loaded = load_model("seq2seq", out)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -47,7 +48,8 @@ def test_teacher_without_finetuning_is_the_loaded_checkpoint(tmp_path):
 def test_teacher_finetunes_a_checkpoint_loaded_by_path(tmp_path):
     data, path, model = _pretrained(tmp_path)
     out = tmp_path / "teacher"
-    stages.teacher(_spec(path), str(data), str(path), str(tmp_path / "ckpt"), str(out))
+    stages.teacher(spec=_spec(path), data_dir=str(data), tokenizer_dir=str(path), ckpt_dir=str(tmp_path / "ckpt"),
+                   out_dir=str(out))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["best_step"] in (1, 2)
     loaded = load_model("seq2seq", out)
@@ -80,23 +82,25 @@ def test_student_job_predicts_the_test_split_with_its_saved_dev_best_model(tmp_p
     data, path, _ = _pretrained(tmp_path)
     spec = _spec(path, method="sft", student="tiny", train={**_spec(path)["train"], "max_steps": 3})
     out, predictions = tmp_path / "student", tmp_path / "predictions.jsonl"
-    stages.student(spec, str(data), str(tmp_path), str(path), None, str(tmp_path / "ckpt"), str(out), str(predictions))
+    stages.student(spec=spec, data_dir=str(data), teacher_outputs_dir=str(tmp_path), teacher_dir=str(path),
+                   init_dir=None, ckpt_dir=str(tmp_path / "ckpt"), out_dir=str(out), predictions_path=str(predictions))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["best_step"] in (1, 2, 3)
     rows = [json.loads(line) for line in predictions.open()]
     assert [r["id"] for r in rows] == [e["id"] for e in sources.examples("en_nl", data / "test.jsonl")]
     again = tmp_path / "again.jsonl"
-    stages.outputs("en_nl", "seq2seq", str(out), str(data / "test.jsonl"), "", spec["generation"], 32, str(again))
+    stages.outputs(task="en_nl", arch="seq2seq", model_dir=str(out), data_path=str(data / "test.jsonl"), prompt="",
+                   gen=spec["generation"], max_source_length=32, out_path=str(again))
     assert again.read_text() == predictions.read_text()
 
 
 def test_model_modules_import_with_the_gc_paused_and_leave_it_running():
     import gc
 
-    from ketchup import cli
+    from ketchup import runtime
 
-    cli.import_quietly(*cli.MODEL_MODULES)
+    runtime.import_quietly(*runtime.MODEL_MODULES)
     assert gc.isenabled()
     with pytest.raises(ModuleNotFoundError):
-        cli.import_quietly("ketchup.no_such_module")
+        runtime.import_quietly("ketchup.no_such_module")
     assert gc.isenabled()

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
-import json
 import logging
 import sys
 
-# Stages that load models: their modules (torch, transformers, accelerate) are imported up front.
-MODEL_STAGES = ("teacher", "generate", "student")
-MODEL_MODULES = ("ketchup.stages", "ketchup.models", "ketchup.methods", "ketchup.training")
-
-
-def json_spec(text: str) -> dict:
-    """A JSON object given inline or as @path."""
-    if text.startswith("@"):
-        with open(text[1:]) as handle:
-            return json.load(handle)
-    return json.loads(text)
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=json_spec, required=True, help="the task's config block (JSON)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_data)
 
     p = sub.add_parser("tokenizer", help="train a BPE tokenizer on a task's train split")
     p.add_argument("--task", required=True)
@@ -40,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--calculator", action="store_true", help="train on targets that keep calculator annotations")
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("teacher", help="fine-tune the teacher, keep the dev-best checkpoint")
     p.add_argument("--spec", type=json_spec, required=True)
@@ -47,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--checkpoints", required=True)
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_teacher)
 
     p = sub.add_parser("generate", help="greedy outputs of a saved model on one split")
     p.add_argument("--task", required=True)
@@ -58,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-source-length", type=int, required=True)
     p.add_argument("--teacher", action="store_true", help="run in half precision on a GPU")
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_generate)
 
     p = sub.add_parser("student", help="train one student with its method's objective")
     p.add_argument("--spec", type=json_spec, required=True)
@@ -68,17 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--predictions", required=True, help="where the dev-best model's test predictions go (JSONL)")
+    p.set_defaults(func=_student)
 
     p = sub.add_parser("score", help="task metrics of one prediction file")
     p.add_argument("--task", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("table", help="the tidy main table from metric files")
     p.add_argument("--task-k", type=json_spec, required=True, help='{"task": K}')
     p.add_argument("--out", required=True)
     p.add_argument("--teacher-check", default=None, help="also write teacher vs untrained student here")
     p.add_argument("metrics", nargs="+")
+    p.set_defaults(func=_table)
 
     # LLM judge (ketchup.judge); the settings are the config's judge block, the key comes from the
     # environment variable it names and is never an argument.
@@ -88,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", required=True)
     p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
     p.add_argument("--out", required=True, help="scores.jsonl (a .summary.json is written beside it)")
+    p.set_defaults(func=_judge_score)
 
     p = sub.add_parser("judge-pairwise", help="LLM-judge verdicts of one run against the baseline, both orders")
     p.add_argument("--task", required=True)
@@ -97,136 +92,131 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="baseline method name to record (default judge.baseline)")
     p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
     p.add_argument("--out", required=True, help="pairwise.jsonl (a .summary.json is written beside it)")
+    p.set_defaults(func=_judge_pairwise)
 
     p = sub.add_parser("judge-table", help="llm_judge.csv from per-run judge files (.../{task}/{student}/{method}/seed{seed}/)")
     p.add_argument("--scores", nargs="*", default=[])
     p.add_argument("--pairwise", nargs="*", default=[])
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_judge_table)
 
     p = sub.add_parser("judge-figure", help="draw llm_judge.csv to a PDF and a PNG")
     p.add_argument("--csv", required=True)
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
+    p.set_defaults(func=_judge_figure)
     return parser
 
 
-def setup(args: argparse.Namespace) -> None:
-    """Logging and torch's thread count, shared by every `python -m ketchup...` command line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def import_quietly(*modules: str) -> None:
-    """Import ``modules`` with the cyclic garbage collector paused, then freeze what they built.
-
-    torch and transformers create millions of objects while importing; collecting among them cost
-    about 1 s of every job (of ~5 s of imports), and frozen objects are skipped by every later
-    collection, training included.
-    """
-    gc.disable()
-    try:
-        for name in modules:
-            importlib.import_module(name)
-    finally:
-        gc.freeze()
-        gc.enable()
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args)
     from ketchup.config import ConfigError
     from ketchup.io import DataError, StorageError
-
-    try:
-        _check_spec(args)  # before torch is imported: a bad spec costs nothing
-        if args.stage in MODEL_STAGES:
-            import_quietly(*MODEL_MODULES)
-        return _run(args)
-    except (ConfigError, DataError, StorageError) as exc:
-        print(f"ketchup {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _check_spec(args: argparse.Namespace) -> None:
-    from ketchup import specs
-
-    if args.stage == "student":
-        specs.check_student(args.spec, args.init)
-    elif args.stage == "teacher":
-        specs.check_teacher(args.spec)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.stage.startswith("judge-"):
-        return _judge(args)
-    if args.stage == "score":
-        from ketchup.scoring import score
-
-        score(args.task, args.predictions, args.out)
-        return 0
-    if args.stage == "table":
-        from ketchup import tables
-
-        table = tables.main_table(args.metrics, args.task_k)
-        tables.write_csv(table, args.out)
-        if args.teacher_check:
-            check = tables.teacher_vs_untrained(table)
-            print(check.to_string(index=False))
-            tables.write_csv(check, args.teacher_check)
-        return 0
-    from ketchup import stages
-
-    if args.stage == "data":
-        stages.data(args.task, args.spec, args.seed, args.out)
-    elif args.stage == "tokenizer":
-        stages.tokenizer(args.task, args.data, args.prompt, args.vocab_size, args.out, args.calculator)
-    elif args.stage == "teacher":
-        stages.teacher(args.spec, args.data, args.tokenizer, args.checkpoints, args.out)
-    elif args.stage == "generate":
-        stages.outputs(args.task, args.arch, args.model, args.data, args.prompt, args.generation,
-                       args.max_source_length, args.out, teacher=args.teacher)
-    elif args.stage == "student":
-        stages.student(args.spec, args.data, args.teacher_outputs, args.teacher, args.init, args.checkpoints,
-                       args.out, args.predictions)
-    return 0
-
-
-def _judge(args: argparse.Namespace) -> int:
-    """The LLM-judge stages; no torch import. HTTP client logs are kept at WARNING (after the
-    import, which may apply OPENAI_LOG): one line per request is noise, and never the key."""
     from ketchup.judge.config import JudgeAPIError, JudgeConfigError
 
-    if args.stage in ("judge-score", "judge-pairwise"):
-        import ketchup.judge.stages  # noqa: F401  (imports openai)
+    return run_command(build_parser(), argv, "ketchup", "stage",
+                       (ConfigError, DataError, StorageError, JudgeConfigError, JudgeAPIError))
 
-        for name in ("openai", "httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        if args.stage == "judge-score":
-            from ketchup.judge.stages import score_run
 
-            score_run(args.spec, args.task, args.predictions, args.out, args.cache_dir)
-        elif args.stage == "judge-pairwise":
-            from ketchup.judge.stages import pairwise_run
+# One function per stage (set_defaults(func=...) above). A stage that loads models checks its spec
+# first, before torch is imported: a bad spec costs nothing.
 
-            pairwise_run(args.spec, args.task, args.predictions, args.baseline_predictions, args.out,
-                         args.cache_dir, baseline=args.baseline)
-        elif args.stage == "judge-table":
-            from ketchup.judge.stages import judge_table
 
-            judge_table(args.scores, args.pairwise, args.out)
-        elif args.stage == "judge-figure":
-            from ketchup.judge.figure import judge_figure
+def _data(args: argparse.Namespace) -> None:
+    from ketchup import stages
 
-            judge_figure(args.csv, args.pdf, args.png)
-    except (JudgeConfigError, JudgeAPIError) as exc:
-        print(f"ketchup {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    stages.data(task=args.task, spec=args.spec, seed=args.seed, out_dir=args.out)
+
+
+def _tokenizer(args: argparse.Namespace) -> None:
+    from ketchup import stages
+
+    stages.tokenizer(task=args.task, data_dir=args.data, prompt=args.prompt, vocab_size=args.vocab_size,
+                     out_dir=args.out, calculator=args.calculator)
+
+
+def _teacher(args: argparse.Namespace) -> None:
+    from ketchup import specs
+
+    specs.check_teacher(args.spec)
+    import_quietly(*MODEL_MODULES)
+    from ketchup import stages
+
+    stages.teacher(spec=args.spec, data_dir=args.data, tokenizer_dir=args.tokenizer, ckpt_dir=args.checkpoints,
+                   out_dir=args.out)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import_quietly(*MODEL_MODULES)
+    from ketchup import stages
+
+    stages.outputs(task=args.task, arch=args.arch, model_dir=args.model, data_path=args.data, prompt=args.prompt,
+                   gen=args.generation, max_source_length=args.max_source_length, out_path=args.out,
+                   teacher=args.teacher)
+
+
+def _student(args: argparse.Namespace) -> None:
+    from ketchup import specs
+
+    specs.check_student(args.spec, args.init)
+    import_quietly(*MODEL_MODULES)
+    from ketchup import stages
+
+    stages.student(spec=args.spec, data_dir=args.data, teacher_outputs_dir=args.teacher_outputs,
+                   teacher_dir=args.teacher, init_dir=args.init, ckpt_dir=args.checkpoints, out_dir=args.out,
+                   predictions_path=args.predictions)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from ketchup.scoring import score
+
+    score(args.task, args.predictions, args.out)
+
+
+def _table(args: argparse.Namespace) -> None:
+    from ketchup import tables
+
+    table = tables.main_table(args.metrics, args.task_k)
+    tables.write_csv(table, args.out)
+    if args.teacher_check:
+        check = tables.teacher_vs_untrained(table)
+        print(check.to_string(index=False))
+        tables.write_csv(check, args.teacher_check)
+
+
+def _quiet_http_logs() -> None:
+    """HTTP client logs at WARNING (after importing openai, which may apply OPENAI_LOG): one line per
+    request is noise, and never the key."""
+    import ketchup.judge.stages  # noqa: F401  (imports openai)
+
+    for name in ("openai", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _judge_score(args: argparse.Namespace) -> None:
+    _quiet_http_logs()
+    from ketchup.judge.stages import score_run
+
+    score_run(args.spec, args.task, args.predictions, args.out, args.cache_dir)
+
+
+def _judge_pairwise(args: argparse.Namespace) -> None:
+    _quiet_http_logs()
+    from ketchup.judge.stages import pairwise_run
+
+    pairwise_run(args.spec, args.task, args.predictions, args.baseline_predictions, args.out, args.cache_dir,
+                 baseline=args.baseline)
+
+
+def _judge_table(args: argparse.Namespace) -> None:
+    from ketchup.judge.stages import judge_table
+
+    judge_table(args.scores, args.pairwise, args.out)
+
+
+def _judge_figure(args: argparse.Namespace) -> None:
+    from ketchup.judge.figure import judge_figure
+
+    judge_figure(args.csv, args.pdf, args.png)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Load and validate the pipeline configuration against workflow/schemas/config.schema.yaml.
+"""Load and validate the pipeline configuration against the schema shipped with the package
+(src/ketchup/schema/config.schema.yaml); its ``default:`` values are the settings' defaults.
 
 Validation happens when the Snakemake DAG is built, so a bad config stops the run before any job
 starts; errors name the offending key as a dotted path (``tasks.xsum.k``).
@@ -7,6 +8,8 @@ starts; errors name the offending key as a dotted path (``tasks.xsum.k``).
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,57 +18,49 @@ import yaml
 
 from ketchup import registry
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(str(resources.files("ketchup") / "schema" / "config.schema.yaml"))
 
 # Task name -> kind of task (decides the metric and the record schema).
 TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
 
 
+
+
+@lru_cache(maxsize=None)
+def _schema_text(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return yaml.safe_load(schema_path.read_text())
+
+
+def schema_defaults(*where: str) -> dict[str, Any]:
+    """The ``default:`` of each property of the schema node at ``where`` (e.g. ``"$defs", "optim"``):
+    the one place every default is written. Layered settings (defaults < train < method_overrides)
+    merge these under the config, so an override never brings defaults of its own."""
+    node = _schema_text()
+    for key in where:
+        node = node[key]
+    return {name: copy.deepcopy(prop["default"]) for name, prop in node["properties"].items() if "default" in prop}
+
+
 # Reference defaults (DESIGN.md section 2); the config overrides any of them.
-RL_DEFAULTS = {
-    "rollout": "greedy",          # the reference's sampling flag never reached generate
-    "rollout_dropout": True,      # the reference decoded rollouts with the student in train mode
-    "baseline_scope": "sequence",  # the reference trained on one sequence a batch
-    "value": "max",
-    "clip": 50.0,
-    "denom": 1.0,
-    "token_weight": "prob",
-    "entropy_coef": 0.0,
-    "k_sweep": [],
-}
-OPTIM_DEFAULTS = {
-    "lr": 1e-4,
-    "weight_decay": 0.0,
-    "epochs": 1,
-    "max_steps": None,
-    "batch_size": 16,
-    "grad_accum": 1,
-    "warmup_steps": 0,
-    "lr_schedule": "constant",
-    "max_grad_norm": 1.0,
-    "eval_every": 100,
-    "dev_eval_examples": 100,
-    "checkpoint_every": 50,
-    "mixed_precision": "no",
-    "gradient_checkpointing": False,
-}
-GENERATION_DEFAULTS = {"batch_size": 32, "num_beams": 1}
-LENGTH_DEFAULTS = {"max_source_length": 512, "max_target_length": 128}
+RL_DEFAULTS = schema_defaults("properties", "rl")
+OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
+GENERATION_DEFAULTS = schema_defaults("properties", "generation")
+LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
+                   if k in ("max_source_length", "max_target_length")}
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted key that caused it."""
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+def _key_path(error: jsonschema.ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    path = ".".join(str(p) for p in (*prefix, *error.absolute_path))
     return path or "<top level>"
 
 
 def load_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The config schema, with the method enums filled from the method registry."""
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = copy.deepcopy(_schema_text(schema_path))
     schema["$defs"]["method"]["enum"] = list(registry.NAMES)
     schema["$defs"]["trained_method"]["enum"] = list(registry.TRAINED_METHODS)
     return schema
@@ -73,26 +68,38 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Raise ConfigError listing every schema violation with its key path."""
+    _raise_errors(jsonschema.Draft202012Validator(load_schema(schema_path)), config)
+    _check_semantics(config)
+
+
+def validate_block(key: str, block: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Check one top-level block given on its own (e.g. the judge's, passed to a job) against its
+    part of the schema. Conditions between keys (``if``/``then``) are left to the block's own code,
+    which explains them (e.g. ketchup.judge.check_enabled)."""
     schema = load_schema(schema_path)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    part = {k: v for k, v in schema["properties"][key].items() if k not in ("if", "then", "else")}
+    _raise_errors(jsonschema.Draft202012Validator({**part, "$defs": schema["$defs"]}), block, (key,))
+
+
+def _raise_errors(validator: jsonschema.Draft202012Validator, instance: Any, prefix: tuple[str, ...] = ()) -> None:
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for err in errors:
-            where = _key_path(err)
+            where = _key_path(err, prefix)
+            inside = bool(prefix or err.absolute_path)
             if "propertyNames" in err.absolute_schema_path:
                 # jsonschema reports the parent (and validator enum/pattern); name the key itself.
-                key = f"{where}.{err.instance}" if err.absolute_path else str(err.instance)
+                key = f"{where}.{err.instance}" if inside else str(err.instance)
                 lines.append(f"config key '{key}': unknown name {err.instance!r} ({err.message})")
             elif err.validator == "additionalProperties":
                 known = err.schema.get("properties", {})
                 for extra in (k for k in err.instance if k not in known):
-                    key = f"{where}.{extra}" if err.absolute_path else str(extra)
+                    key = f"{where}.{extra}" if inside else str(extra)
                     lines.append(f"config key '{key}': unknown key (known: {', '.join(known)})")
             else:
                 lines.append(f"config key '{where}': {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-    _check_semantics(config)
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
@@ -126,13 +133,18 @@ def _check_semantics(config: dict[str, Any]) -> None:
                               f"cut from the teacher lists {sorted(layer_keys)} (got {sorted(cut)})")
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply overrides, validate, return it."""
+def read(path: str | Path) -> dict[str, Any]:
+    """A YAML config as it is in the file, not yet validated."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply overrides, validate, return it."""
+    config = read(path)
     if overrides:
         config = deep_update(config, overrides)
     validate(config)

@@ -73,6 +73,11 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

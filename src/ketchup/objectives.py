@@ -130,6 +130,17 @@ def _check_logits(name: str, logits: torch.Tensor) -> None:
         raise ValueError(f"{name} must be [batch, time, vocab], got shape {tuple(logits.shape)}")
 
 
+def _token_mask(student_logits: torch.Tensor, mask: torch.Tensor, **per_token: torch.Tensor) -> torch.Tensor:
+    """The boolean mask of real tokens, after checking the student's logits and that every
+    ``per_token`` tensor is [batch, time] like the mask."""
+    _check_logits("student_logits", student_logits)
+    m = _as_bool_mask(mask, student_logits.shape[:2])
+    for name, t in per_token.items():
+        if tuple(t.shape) != tuple(m.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(m.shape)}")
+    return m
+
+
 # ---------------------------------------------------------------------------------------------
 # token-level divergences (kl / js / tvd baselines)
 # ---------------------------------------------------------------------------------------------
@@ -357,12 +368,6 @@ def score_norms(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.
     return _scatter(_score_norms(_log_probs(student_logits[m]), tokens[m]), m)
 
 
-def _check_shapes(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(mask.shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(mask.shape)}")
-
-
 def minvar_baseline(
     student_logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -386,9 +391,7 @@ def minvar_baseline(
     """
     if scope not in _BASELINE_SCOPES:
         raise ValueError(f"unknown baseline scope {scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
-    _check_logits("student_logits", student_logits)
-    m = _as_bool_mask(mask, student_logits.shape[:2])
-    _check_shapes(m, tokens=tokens, advantages=advantages)
+    m = _token_mask(student_logits, mask, tokens=tokens, advantages=advantages)
     scores = _score_norms(_log_probs(student_logits[m]), tokens[m])
     rows = m.nonzero()[:, 0]
     return _scatter(_baseline("minvar", advantages[m].detach().float(), scores, rows, m.shape[0], scope), m)
@@ -437,9 +440,7 @@ def policy_gradient_loss(
         raise ValueError(f"denom must be > 0, got {denom}")
     if clip is not None and not clip > 0:
         raise ValueError(f"clip must be > 0 or None, got {clip}")
-    _check_logits("student_logits", student_logits)
-    m = _as_bool_mask(mask, student_logits.shape[:2])
-    _check_shapes(m, tokens=tokens, returns=returns)
+    m = _token_mask(student_logits, mask, tokens=tokens, returns=returns)
 
     logp_all = _log_probs(student_logits[m])  # [N, V]
     logp = _gather_tokens(logp_all, tokens[m])  # [N]

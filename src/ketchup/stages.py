@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
@@ -16,34 +16,17 @@ from ketchup import metrics
 from ketchup.config import TASK_KINDS
 from ketchup.data import sources
 from ketchup.io import read_jsonl, write_json, write_jsonl
-
-if TYPE_CHECKING:  # torch is imported by the stages that train or generate, not by data or tokenizer
-    import torch
+from ketchup.runtime import compute_device, teacher_dtype
 
 
-def data(task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
+def data(*, task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
 
-def tokenizer(task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
+def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
     from ketchup.tokenizer import build
 
     build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir)
-
-
-def compute_device() -> torch.device:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def teacher_dtype() -> torch.dtype | None:
-    """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
 
 
 def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,
@@ -97,7 +80,7 @@ def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
         write_json(tmp / "train_summary.json", summary)
 
 
-def teacher(spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
+def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
     """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
     from ketchup.methods import Objective
     from ketchup.models import load_tokenizer, prepare_tokenizer
@@ -134,7 +117,7 @@ def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> 
     return {"spec": spec, "inputs": input_digests(inputs)}
 
 
-def outputs(task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
+def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
             max_source_length: int, out_path: str, teacher: bool = False) -> None:
     """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line."""
     from ketchup.models import load_model, load_tokenizer
@@ -153,7 +136,7 @@ def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, p
                            for e, p in zip(examples, preds)))
 
 
-def student(spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
+def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
             ckpt_dir: str, out_dir: str, predictions_path: str) -> None:
     """Train one student (task, size, method, seed) with its method's objective, then write the
     dev-best model's greedy test predictions (in this process: a job of its own would spend more

@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from ketchup import registry
+from ketchup import paths, registry
 from ketchup.io import atomic_path, read_json
 
 COLUMNS = ["task", "metric", "student", "method", "k", "seeds", "mean", "std"]
 # results/metrics/{task}/{student}/{method}/seed{seed}.json, or results/metrics/{task}/teacher.json
-RUN_PATTERN = re.compile(r"metrics/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)\.json$")
+RUN_PATTERN = paths.run_regex("metrics", ".json")
 TEACHER_PATTERN = re.compile(r"metrics/(?P<task>[^/]+)/teacher\.json$")
 
 

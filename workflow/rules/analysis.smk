@@ -4,9 +4,9 @@
 
 rule k_sweep_table:
     input:
-        sweep_files("results/metrics/{task}/{student}/{method}/seed{seed}.json"),
+        sweep_files(paths.metrics("{task}", "{student}", "{method}", "{seed}")),
     output:
-        report("results/tables/k_sweep.csv", caption="../report/k_sweep_table.rst", category="Tables"),
+        report(paths.table("k_sweep.csv"), caption="../report/k_sweep_table.rst", category="Tables"),
     params:
         spec=sweep_spec(),
     log:
@@ -21,11 +21,11 @@ rule k_sweep_table:
 
 rule grad_variance:
     input:
-        student="results/models/students/{task}/{student}/kl/seed{seed}",
-        teacher="results/models/teacher/{task}",
-        train_outputs="results/teacher_outputs/{task}/train.jsonl",
+        student=paths.student_model("{task}", "{student}", "kl", "{seed}"),
+        teacher=paths.teacher_model("{task}"),
+        train_outputs=paths.teacher_outputs("{task}", "train"),
     output:
-        "results/analysis/grad_variance/{task}/{student}/seed{seed}.json",
+        paths.grad_variance("{task}", "{student}", "{seed}"),
     params:
         spec=grad_variance_spec,
     log:
@@ -43,7 +43,7 @@ rule grad_variance_table:
     input:
         grad_variance_files(),
     output:
-        report("results/tables/grad_variance.csv", caption="../report/grad_variance_table.rst", category="Tables"),
+        report(paths.table("grad_variance.csv"), caption="../report/grad_variance_table.rst", category="Tables"),
     log:
         "results/logs/analysis/grad_variance_table.log",
     benchmark:
@@ -56,10 +56,10 @@ rule grad_variance_table:
 
 rule length_by_k:
     input:
-        predictions=sweep_files("results/predictions/{task}/{student}/{method}/seed{seed}.jsonl", runs_only=True),
-        models=sweep_files("results/models/students/{task}/{student}/{method}/seed{seed}", runs_only=True),
+        predictions=sweep_files(paths.predictions("{task}", "{student}", "{method}", "{seed}"), runs_only=True),
+        models=sweep_files(paths.student_model("{task}", "{student}", "{method}", "{seed}"), runs_only=True),
     output:
-        report("results/tables/length_by_k.csv", caption="../report/length_by_k.rst", category="Tables"),
+        report(paths.table("length_by_k.csv"), caption="../report/length_by_k.rst", category="Tables"),
     params:
         spec=sweep_spec(),
     log:
@@ -74,10 +74,10 @@ rule length_by_k:
 
 rule significance:
     input:
-        teacher=expand("results/metrics/{task}/teacher.json", task=TASKS),
+        teacher=[paths.teacher_metrics(task) for task in TASKS],
         students=student_metric_files(),
     output:
-        report("results/tables/significance.csv", caption="../report/significance.rst", category="Tables"),
+        report(paths.table("significance.csv"), caption="../report/significance.rst", category="Tables"),
     params:
         spec=significance_spec(),
     log:
@@ -92,10 +92,10 @@ rule significance:
 
 rule main_table_paper_layout:
     input:
-        "results/tables/main.csv",
+        paths.table("main.csv"),
     output:
-        md=report("results/tables/main.md", caption="../report/main_table.rst", category="Tables"),
-        tex="results/tables/main.tex",
+        md=report(paths.table("main.md"), caption="../report/main_table.rst", category="Tables"),
+        tex=paths.table("main.tex"),
     params:
         spec=as_json({"tasks": TASKS, "students": STUDENTS}),
     log:
@@ -110,10 +110,10 @@ rule main_table_paper_layout:
 
 rule paper_comparison:
     input:
-        main="results/tables/main.csv",
+        main=paths.table("main.csv"),
         numbers=str(SRC / "ketchup" / "analysis" / "paper_numbers.csv"),
     output:
-        report("results/tables/paper_comparison.csv", caption="../report/paper_comparison.rst", category="Tables"),
+        report(paths.table("paper_comparison.csv"), caption="../report/paper_comparison.rst", category="Tables"),
     params:
         spec=paper_spec(),
     log:
@@ -128,11 +128,11 @@ rule paper_comparison:
 
 rule student_size_table:
     input:
-        main="results/tables/main.csv",
+        main=paths.table("main.csv"),
         models=list(size_models().values()),
-        teachers=expand("results/models/teacher/{task}", task=TASKS),
+        teachers=[paths.teacher_model(task) for task in TASKS],
     output:
-        "results/tables/student_size.csv",
+        paths.table("student_size.csv"),
     params:
         spec=size_spec(),
     log:

@@ -4,7 +4,7 @@
 from ketchup.analysis import settings as asettings  # noqa: E402  (light import: no torch)
 
 ANALYSIS = asettings.analysis_settings(config)
-K_SWEEP = asettings.k_sweep(config)  # rl.k_sweep, or [1, 2, 4, 8] when the config has none
+K_SWEEP = asettings.k_sweep(config)  # analysis.k_sweep, or [1, 2, 4, 8] when the config has none
 SEED0 = SEEDS[0]
 
 
@@ -51,7 +51,7 @@ def grad_variance_spec(wildcards):
             "seed": int(wildcards.seed),
             "arch": ARCH,
             "ks": asettings.grad_variance_ks(config, wildcards.task),
-            "rl": {key: value for key, value in kconfig.rl_settings(config).items() if key != "k_sweep"},
+            "rl": kconfig.rl_settings(config),
             "n_minibatches": gv["n_minibatches"],
             "batch_size": gv["batch_size"] or kconfig.optim_settings(config, "ketchup")["batch_size"],
             "sample_seed": gv["seed"],
@@ -67,13 +67,13 @@ def grad_variance_spec(wildcards):
 
 def grad_variance_files():
     return expand(
-        "results/analysis/grad_variance/{task}/{student}/seed{seed}.json", task=TASKS, student=STUDENTS, seed=SEEDS
+        paths.grad_variance("{task}", "{student}", "{seed}"), task=TASKS, student=STUDENTS, seed=SEEDS
     )
 
 
 def trained_model_dirs():
     return expand(
-        "results/models/students/{task}/{student}/{method}/seed{seed}",
+        paths.student_model("{task}", "{student}", "{method}", "{seed}"),
         task=TASKS,
         student=STUDENTS,
         method=TRAINED_METHODS,
@@ -84,14 +84,14 @@ def trained_model_dirs():
 def size_models():
     """One model directory per (task, student size) for its parameter count: the first method, first seed."""
     return {
-        f"{task}/{student}": f"results/models/students/{task}/{student}/{METHODS[0]}/seed{SEED0}"
+        f"{task}/{student}": paths.student_model(task, student, METHODS[0], SEED0)
         for task in TASKS
         for student in STUDENTS
     }
 
 
 def size_spec():
-    return as_json({"models": size_models(), "teachers": {task: f"results/models/teacher/{task}" for task in TASKS}})
+    return as_json({"models": size_models(), "teachers": {task: paths.teacher_model(task) for task in TASKS}})
 
 
 def significance_spec():
@@ -118,18 +118,18 @@ def paper_spec():
 
 
 ANALYSIS_TABLES = [
-    "results/tables/main.md",
-    "results/tables/main.tex",
-    "results/tables/k_sweep.csv",
-    "results/tables/grad_variance.csv",
-    "results/tables/length_by_k.csv",
-    "results/tables/significance.csv",
-    "results/tables/paper_comparison.csv",
-    "results/tables/student_size.csv",
-    "results/tables/training_curves.csv",
+    paths.table("main.md"),
+    paths.table("main.tex"),
+    paths.table("k_sweep.csv"),
+    paths.table("grad_variance.csv"),
+    paths.table("length_by_k.csv"),
+    paths.table("significance.csv"),
+    paths.table("paper_comparison.csv"),
+    paths.table("student_size.csv"),
+    paths.table("training_curves.csv"),
 ]
 ANALYSIS_FIGURES = expand(
-    "results/figures/{name}.{ext}",
+    paths.figure("{name}", "{ext}"),
     name=["k_sweep", "grad_variance", "student_size", "training_curves"],
     ext=["pdf", "png"],
 )

@@ -7,20 +7,25 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, registry  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, registry  # noqa: E402  (light imports: no torch at DAG build)
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
-if not config:
-    config.update(kconfig.load(Path(workflow.basedir) / "config.yaml"))
 try:
+    if not config:
+        config.update(kconfig.read(Path(workflow.basedir) / "config.yaml"))
     kconfig.validate(config)
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
-jobenv.prepare(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+# Jobs' PYTHONPATH and PATH, set in each job's shell command (braces doubled: shell.prefix formats).
+shell.prefix(
+    jobenv.shell_prefix(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+    .replace("{", "{{")
+    .replace("}", "}}")
+)
 
 ARCH = config["architecture"]
 TASKS = list(config["tasks"])
@@ -102,8 +107,7 @@ def student_spec(wildcards):
             "method": method,
             "model": config["students"][wildcards.student],
             "train": kconfig.optim_settings(config, method),
-            # k_sweep only decides which students exist; as a param it would retrain them all.
-            "rl": {k: v for k, v in kconfig.rl_settings(config).items() if k != "k_sweep"},
+            "rl": kconfig.rl_settings(config),
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),
@@ -115,7 +119,7 @@ def student_spec(wildcards):
 
 def student_metric_files():
     return expand(
-        "results/metrics/{task}/{student}/{method}/seed{seed}.json",
+        paths.metrics("{task}", "{student}", "{method}", "{seed}"),
         task=TASKS,
         student=STUDENTS,
         method=METHODS,
@@ -126,7 +130,7 @@ def student_metric_files():
 def tokenizer_source(wildcards):
     """The trained tokenizer's directory, or the pretrained tokenizer's name / path."""
     if config["tokenizer"]["kind"] == "train":
-        return f"results/tokenizer/{wildcards.task}"
+        return paths.tokenizer(wildcards.task)
     return config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
 
 
@@ -140,7 +144,7 @@ def tokenizer_gguf_file():
 
 
 def tokenizer_input(wildcards):
-    return [f"results/tokenizer/{wildcards.task}"] if config["tokenizer"]["kind"] == "train" else []
+    return [paths.tokenizer(wildcards.task)] if config["tokenizer"]["kind"] == "train" else []
 
 
 
@@ -148,7 +152,7 @@ def tokenizer_input(wildcards):
 def student_init(wildcards):
     start = registry.get(method_and_k(wildcards.method, wildcards.task)[0]).starts_from
     if start:
-        return f"results/models/students/{wildcards.task}/{wildcards.student}/{start}/seed{wildcards.seed}"
+        return paths.student_model(wildcards.task, wildcards.student, start, wildcards.seed)
     return []
 
 
@@ -162,7 +166,7 @@ from ketchup import judge as kjudge  # noqa: E402  (light import: no openai at D
 JUDGE = config.get("judge", {})
 JUDGE_SPEC = as_json(JUDGE)
 JUDGE_BASELINE = JUDGE.get("baseline", kjudge.JudgeConfig.baseline)
-JUDGE_CACHE = "results/judge/cache"
+JUDGE_CACHE = paths.JUDGE_CACHE
 JUDGE_PROMPTS = Path(workflow.basedir) / "src" / "ketchup" / "judge" / "prompts"
 JUDGE_METHOD = "|".join(re.escape(m) for m in METHODS)
 
@@ -187,7 +191,7 @@ def judge_ready(wildcards=None):
 
 def judged_predictions(wildcards):
     judge_ready()
-    return f"results/predictions/{wildcards.task}/{wildcards.student}/{wildcards.method}/seed{wildcards.seed}.jsonl"
+    return paths.predictions(wildcards.task, wildcards.student, wildcards.method, wildcards.seed)
 
 
 def baseline_predictions(wildcards):
@@ -196,16 +200,16 @@ def baseline_predictions(wildcards):
         raise WorkflowError(
             f"judge_pairwise: {wildcards.method!r} is judge.baseline; it is not compared with itself"
         )
-    return f"results/predictions/{wildcards.task}/{wildcards.student}/{JUDGE_BASELINE}/seed{wildcards.seed}.jsonl"
+    return paths.predictions(wildcards.task, wildcards.student, JUDGE_BASELINE, wildcards.seed)
 
 
 def judge_table_inputs(wildcards):
     judge_ready()
-    runs = "results/judge/{task}/{student}/{method}/seed{seed}"
+    run = ("{task}", "{student}", "{method}", "{seed}")
     return {
-        "scores": expand(f"{runs}/scores.jsonl", task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
+        "scores": expand(paths.judge_file(*run, "scores.jsonl"), task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
         "pairwise": expand(
-            f"{runs}/pairwise.jsonl",
+            paths.judge_file(*run, "pairwise.jsonl"),
             task=TASKS,
             student=STUDENTS,
             method=[m for m in METHODS if m != JUDGE_BASELINE],

@@ -6,11 +6,11 @@ rule data:
     input:
         lambda wildcards: LOCAL_FILES[wildcards.task],
     output:
-        expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        [paths.data("{task}", split) for split in SPLITS],
     params:
         spec=lambda wildcards: as_json(task_cfg(wildcards.task)),
         seed=DATA_SEED,
-        outdir=lambda wildcards: f"results/data/{wildcards.task}",
+        outdir=lambda wildcards: paths.data_dir(wildcards.task),
     log:
         "results/logs/data/{task}.log",
     benchmark:

@@ -3,10 +3,10 @@
 
 rule k_sweep_figure:
     input:
-        "results/tables/k_sweep.csv",
+        paths.table("k_sweep.csv"),
     output:
-        pdf="results/figures/k_sweep.pdf",
-        png=report("results/figures/k_sweep.png", caption="../report/k_sweep.rst", category="Figures"),
+        pdf=paths.figure("k_sweep", "pdf"),
+        png=report(paths.figure("k_sweep", "png"), caption="../report/k_sweep.rst", category="Figures"),
     log:
         "results/logs/figures/k_sweep.log",
     benchmark:
@@ -19,10 +19,10 @@ rule k_sweep_figure:
 
 rule grad_variance_figure:
     input:
-        "results/tables/grad_variance.csv",
+        paths.table("grad_variance.csv"),
     output:
-        pdf="results/figures/grad_variance.pdf",
-        png=report("results/figures/grad_variance.png", caption="../report/grad_variance.rst", category="Figures"),
+        pdf=paths.figure("grad_variance", "pdf"),
+        png=report(paths.figure("grad_variance", "png"), caption="../report/grad_variance.rst", category="Figures"),
     log:
         "results/logs/figures/grad_variance.log",
     benchmark:
@@ -35,10 +35,10 @@ rule grad_variance_figure:
 
 rule student_size_figure:
     input:
-        "results/tables/student_size.csv",
+        paths.table("student_size.csv"),
     output:
-        pdf="results/figures/student_size.pdf",
-        png=report("results/figures/student_size.png", caption="../report/student_size.rst", category="Figures"),
+        pdf=paths.figure("student_size", "pdf"),
+        png=report(paths.figure("student_size", "png"), caption="../report/student_size.rst", category="Figures"),
     log:
         "results/logs/figures/student_size.log",
     benchmark:
@@ -53,10 +53,10 @@ rule training_curves:
     input:
         trained_model_dirs(),
     output:
-        csv="results/tables/training_curves.csv",
-        pdf="results/figures/training_curves.pdf",
+        csv=paths.table("training_curves.csv"),
+        pdf=paths.figure("training_curves", "pdf"),
         png=report(
-            "results/figures/training_curves.png", caption="../report/training_curves.rst", category="Figures"
+            paths.figure("training_curves", "png"), caption="../report/training_curves.rst", category="Figures"
         ),
     log:
         "results/logs/figures/training_curves.log",

@@ -19,8 +19,8 @@ rule judge_scores:
         predictions=judged_predictions,
         templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "score.txt")],
     output:
-        scores="results/judge/{task}/{student}/{method}/seed{seed}/scores.jsonl",
-        summary="results/judge/{task}/{student}/{method}/seed{seed}/scores.summary.json",
+        scores=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.jsonl"),
+        summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.summary.json"),
     params:
         spec=JUDGE_SPEC,
         cache=JUDGE_CACHE,
@@ -44,8 +44,8 @@ rule judge_pairwise:
         baseline=baseline_predictions,
         templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "pairwise.txt")],
     output:
-        pairwise="results/judge/{task}/{student}/{method}/seed{seed}/pairwise.jsonl",
-        summary="results/judge/{task}/{student}/{method}/seed{seed}/pairwise.summary.json",
+        pairwise=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.jsonl"),
+        summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.summary.json"),
     params:
         spec=JUDGE_SPEC,
         cache=JUDGE_CACHE,
@@ -66,7 +66,7 @@ rule judge_table:
     input:
         unpack(judge_table_inputs),
     output:
-        "results/tables/llm_judge.csv",
+        paths.table("llm_judge.csv"),
     log:
         "results/logs/judge/table.log",
     benchmark:
@@ -79,10 +79,10 @@ rule judge_table:
 
 rule judge_figure:
     input:
-        "results/tables/llm_judge.csv",
+        paths.table("llm_judge.csv"),
     output:
-        pdf="results/figures/llm_judge.pdf",
-        png="results/figures/llm_judge.png",
+        pdf=paths.figure("llm_judge", "pdf"),
+        png=paths.figure("llm_judge", "png"),
     log:
         "results/logs/judge/figure.log",
     benchmark:

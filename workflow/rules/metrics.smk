@@ -3,9 +3,9 @@
 
 rule score_student:
     input:
-        "results/predictions/{task}/{student}/{method}/seed{seed}.jsonl",
+        paths.predictions("{task}", "{student}", "{method}", "{seed}"),
     output:
-        "results/metrics/{task}/{student}/{method}/seed{seed}.json",
+        paths.metrics("{task}", "{student}", "{method}", "{seed}"),
     log:
         "results/logs/score/{task}/{student}/{method}/seed{seed}.log",
     benchmark:
@@ -18,9 +18,9 @@ rule score_student:
 
 rule score_teacher:
     input:
-        "results/teacher_outputs/{task}/test.jsonl",
+        paths.teacher_outputs("{task}", "test"),
     output:
-        "results/metrics/{task}/teacher.json",
+        paths.teacher_metrics("{task}"),
     log:
         "results/logs/score/{task}/teacher.log",
     benchmark:

@@ -6,19 +6,19 @@
 
 rule student:
     input:
-        data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
-        teacher_outputs="results/teacher_outputs/{task}/train.jsonl",
-        teacher="results/models/teacher/{task}",
+        data=[paths.data("{task}", split) for split in SPLITS],
+        teacher_outputs=paths.teacher_outputs("{task}", "train"),
+        teacher=paths.teacher_model("{task}"),
         init=student_init,
     output:
-        model=directory("results/models/students/{task}/{student}/{method}/seed{seed}"),
-        predictions="results/predictions/{task}/{student}/{method}/seed{seed}.jsonl",
+        model=directory(paths.student_model("{task}", "{student}", "{method}", "{seed}")),
+        predictions=paths.predictions("{task}", "{student}", "{method}", "{seed}"),
     params:
         spec=student_spec,
-        datadir=lambda wildcards: f"results/data/{wildcards.task}",
-        outputs_dir=lambda wildcards: f"results/teacher_outputs/{wildcards.task}",
+        datadir=lambda wildcards: paths.data_dir(wildcards.task),
+        outputs_dir=lambda wildcards: paths.teacher_outputs_dir(wildcards.task),
         init=lambda wildcards, input: f"--init {input.init}" if input.init else "",
-        checkpoints=lambda wildcards: f"results/checkpoints/students/{wildcards.task}/{wildcards.student}/{wildcards.method}/seed{wildcards.seed}",
+        checkpoints=lambda w: paths.student_checkpoints(w.task, w.student, w.method, w.seed),
     log:
         "results/logs/student/{task}/{student}/{method}/seed{seed}.log",
     benchmark:

@@ -3,11 +3,11 @@
 
 rule main_table:
     input:
-        teacher=expand("results/metrics/{task}/teacher.json", task=TASKS),
+        teacher=[paths.teacher_metrics(task) for task in TASKS],
         students=student_metric_files(),
     output:
-        main="results/tables/main.csv",
-        check="results/tables/teacher_vs_untrained.csv",
+        main=paths.table("main.csv"),
+        check=paths.table("teacher_vs_untrained.csv"),
     params:
         task_k=as_json({task: task_cfg(task).get("k", 1) for task in TASKS}),
     log:

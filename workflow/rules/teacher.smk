@@ -6,15 +6,15 @@
 
 rule teacher:
     input:
-        data=expand("results/data/{{task}}/{split}.jsonl", split=SPLITS),
+        data=[paths.data("{task}", split) for split in SPLITS],
         tokenizer=tokenizer_input,
     output:
-        directory("results/models/teacher/{task}"),
+        directory(paths.teacher_model("{task}")),
     params:
         spec=teacher_spec,
         tokenizer=tokenizer_source,
-        datadir=lambda wildcards: f"results/data/{wildcards.task}",
-        checkpoints=lambda wildcards: f"results/checkpoints/teacher/{wildcards.task}",
+        datadir=lambda wildcards: paths.data_dir(wildcards.task),
+        checkpoints=lambda wildcards: paths.teacher_checkpoints(wildcards.task),
     log:
         "results/logs/teacher/{task}.log",
     benchmark:

@@ -3,10 +3,10 @@
 
 rule teacher_outputs:
     input:
-        model="results/models/teacher/{task}",
-        data="results/data/{task}/{split}.jsonl",
+        model=paths.teacher_model("{task}"),
+        data=paths.data("{task}", "{split}"),
     output:
-        "results/teacher_outputs/{task}/{split}.jsonl",
+        paths.teacher_outputs("{task}", "{split}"),
     params:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
         generation=lambda wildcards: as_json(kconfig.generation_settings(config, wildcards.task)),

@@ -3,13 +3,13 @@
 
 rule tokenizer:
     input:
-        "results/data/{task}/train.jsonl",
+        paths.data("{task}", "train"),
     output:
-        directory("results/tokenizer/{task}"),
+        directory(paths.tokenizer("{task}")),
     params:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
         vocab_size=config["tokenizer"].get("vocab_size", 1000),
-        datadir=lambda wildcards: f"results/data/{wildcards.task}",
+        datadir=lambda wildcards: paths.data_dir(wildcards.task),
         calculator=lambda wildcards: "--calculator" if kconfig.calculator_on(config, wildcards.task) else "",
     log:
         "results/logs/tokenizer/{task}.log",

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ketchup.cli import MODEL_MODULES, import_quietly, json_spec, setup
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
 
 
-def _figure_args(p: argparse.ArgumentParser) -> None:
+def _figure_args(p: argparse.ArgumentParser, name: str) -> None:
+    """A command that draws the tidy table --csv with ``ketchup.analysis.figures.<name>``."""
     p.add_argument("--csv", required=True, help="the tidy table the figure draws")
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
+    p.set_defaults(func=_figure, figure=name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,155 +31,167 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="the teacher's model directory")
     p.add_argument("--train-outputs", required=True, help="results/teacher_outputs/{task}/train.jsonl")
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_grad_variance)
 
     p = sub.add_parser("grad-variance-table", help="grad_variance.csv from per-run JSON files")
     p.add_argument("--out", required=True)
     p.add_argument("runs", nargs="+")
+    p.set_defaults(func=_grad_variance_table)
 
     p = sub.add_parser("grad-variance-figure", help="draw grad_variance.csv")
-    _figure_args(p)
+    _figure_args(p, "grad_variance_figure")
 
     p = sub.add_parser("k-sweep-table", help="k_sweep.csv from metric files")
     p.add_argument("--spec", type=json_spec, required=True, help='{"sweep": {task: {K: run}}, "task_k": {task: K}}')
     p.add_argument("--out", required=True)
     p.add_argument("metrics", nargs="+")
+    p.set_defaults(func=_k_sweep_table)
 
     p = sub.add_parser("k-sweep-figure", help="draw k_sweep.csv")
-    _figure_args(p)
+    _figure_args(p, "k_sweep_figure")
 
     p = sub.add_parser("lengths", help="length_by_k.csv from the sweep's predictions")
     p.add_argument("--spec", type=json_spec, required=True, help='{"sweep": {task: {K: run}}}')
     p.add_argument("--models", nargs="+", required=True, help="the runs' model directories (tokenizers)")
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_lengths)
 
     p = sub.add_parser("student-size-table", help="student_size.csv: main.csv beside parameter counts")
     p.add_argument("--main", required=True)
     p.add_argument("--spec", type=json_spec, required=True,
                    help='{"models": {"task/student": dir}, "teachers": {task: dir}}')
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_student_size_table)
 
     p = sub.add_parser("student-size-figure", help="draw student_size.csv")
-    _figure_args(p)
+    _figure_args(p, "student_size_figure")
 
     p = sub.add_parser("training-curves", help="training curves (csv, pdf, png) from model directories")
     p.add_argument("--csv", required=True)
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
     p.add_argument("models", nargs="+")
+    p.set_defaults(func=_training_curves)
 
     p = sub.add_parser("main-tables", help="main.md and main.tex from main.csv")
     p.add_argument("--main", required=True)
     p.add_argument("--spec", type=json_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
     p.add_argument("--md", required=True)
     p.add_argument("--tex", required=True)
+    p.set_defaults(func=_main_tables)
 
     p = sub.add_parser("significance", help="paired bootstrap against kl and llmr (significance.csv)")
     p.add_argument("--spec", type=json_spec, required=True,
                    help='{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
     p.add_argument("--out", required=True)
     p.add_argument("metrics", nargs="+")
+    p.set_defaults(func=_significance)
 
     p = sub.add_parser("paper-comparison", help="paper_comparison.csv: main.csv beside the paper's numbers")
     p.add_argument("--main", required=True)
     p.add_argument("--spec", type=json_spec, required=True)
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_paper_comparison)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args)
-    if args.command == "grad-variance":  # the one analysis that loads models
-        import_quietly(*MODEL_MODULES, "ketchup.analysis.grad_variance")
-    from ketchup.io import DataError
-
-    try:
-        _run(args)
-    except (DataError, ValueError) as exc:
-        print(f"ketchup.analysis {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(build_parser(), argv, "ketchup.analysis", "command", (ValueError,))  # DataError too
 
 
-def _figure(name: str, csv: str, pdf: str, png: str) -> None:
+# One function per command (set_defaults(func=...) above).
+
+
+def _figure(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ketchup.analysis import figures
 
-    fig = getattr(figures, name)(pd.read_csv(csv))
-    figures.save(fig, pdf, png)
+    fig = getattr(figures, args.figure)(pd.read_csv(args.csv))
+    figures.save(fig, args.pdf, args.png)
 
 
-def _run(args: argparse.Namespace) -> None:
-    from ketchup.analysis.common import write_csv, write_text
+def _print_and_write(frame, out: str) -> None:
+    from ketchup.analysis.common import write_csv
 
-    cmd = args.command
-    if cmd == "grad-variance":
-        from ketchup.analysis import grad_variance
+    print(frame.to_string(index=False))
+    write_csv(frame, out)
 
-        result = grad_variance.run(args.spec, args.student, args.teacher, args.train_outputs, args.out)
-        for r in result["rows"]:
-            print(f"K={r['k']}: trace_cov={r['trace_cov']:.6g} [{r['trace_ci_low']:.6g}, {r['trace_ci_high']:.6g}] "
-                  f"relative={r['relative_variance']:.4f} mean_norm={r['mean_grad_norm']:.6g}")
-    elif cmd == "grad-variance-table":
-        from ketchup.analysis import grad_variance
 
-        write_csv(grad_variance.table(args.runs), args.out)
-    elif cmd == "grad-variance-figure":
-        _figure("grad_variance_figure", args.csv, args.pdf, args.png)
-    elif cmd == "k-sweep-table":
-        from ketchup.analysis import ksweep
+def _grad_variance(args: argparse.Namespace) -> None:
+    import_quietly(*MODEL_MODULES, "ketchup.analysis.grad_variance")  # the one analysis that loads models
+    from ketchup.analysis import grad_variance
 
-        frame = ksweep.k_sweep_table(args.metrics, args.spec["sweep"], args.spec.get("task_k", {}))
-        print(frame.to_string(index=False))
-        write_csv(frame, args.out)
-    elif cmd == "k-sweep-figure":
-        _figure("k_sweep_figure", args.csv, args.pdf, args.png)
-    elif cmd == "lengths":
-        from ketchup.analysis import lengths
+    result = grad_variance.run(args.spec, args.student, args.teacher, args.train_outputs, args.out)
+    for r in result["rows"]:
+        print(f"K={r['k']}: trace_cov={r['trace_cov']:.6g} [{r['trace_ci_low']:.6g}, {r['trace_ci_high']:.6g}] "
+              f"relative={r['relative_variance']:.4f} mean_norm={r['mean_grad_norm']:.6g}")
 
-        frame = lengths.length_table(args.predictions, args.models, args.spec["sweep"])
-        print(frame.to_string(index=False))
-        write_csv(frame, args.out)
-    elif cmd == "student-size-table":
-        from ketchup.analysis import sizes
 
-        models = {tuple(key.split("/", 1)): path for key, path in args.spec["models"].items()}
-        write_csv(sizes.size_table(args.main, models, args.spec.get("teachers")), args.out)
-    elif cmd == "student-size-figure":
-        _figure("student_size_figure", args.csv, args.pdf, args.png)
-    elif cmd == "training-curves":
-        from ketchup.analysis import curves, figures
+def _grad_variance_table(args: argparse.Namespace) -> None:
+    from ketchup.analysis import grad_variance
+    from ketchup.analysis.common import write_csv
 
-        frame = curves.read_curves(args.models)
-        write_csv(frame, args.csv)
-        figures.save(figures.training_curves_figure(frame), args.pdf, args.png)
-    elif cmd == "main-tables":
-        import pandas as pd
+    write_csv(grad_variance.table(args.runs), args.out)
 
-        from ketchup.analysis import tables_paper
 
-        main_ = pd.read_csv(args.main)
-        tasks, students = args.spec.get("tasks"), args.spec.get("students")
-        md = tables_paper.markdown(main_, tasks, students)
-        print(md)
-        write_text(md, args.md)
-        write_text(tables_paper.latex(main_, tasks, students), args.tex)
-    elif cmd == "significance":
-        from ketchup.analysis import significance
+def _k_sweep_table(args: argparse.Namespace) -> None:
+    from ketchup.analysis import ksweep
 
-        s = args.spec
-        frame = significance.significance_table(args.metrics, s.get("baselines", ["kl", "llmr"]),
-                                                s.get("resamples", 1000), s.get("seed", 0), s.get("confidence", 0.95))
-        print(frame.to_string(index=False))
-        write_csv(frame, args.out)
-    elif cmd == "paper-comparison":
-        from ketchup.analysis import paper
+    _print_and_write(ksweep.k_sweep_table(args.metrics, args.spec["sweep"], args.spec.get("task_k", {})), args.out)
 
-        frame = paper.comparison(args.main, args.spec)
-        print(frame.to_string(index=False))
-        write_csv(frame, args.out)
+
+def _lengths(args: argparse.Namespace) -> None:
+    from ketchup.analysis import lengths
+
+    _print_and_write(lengths.length_table(args.predictions, args.models, args.spec["sweep"]), args.out)
+
+
+def _student_size_table(args: argparse.Namespace) -> None:
+    from ketchup.analysis import sizes
+    from ketchup.analysis.common import write_csv
+
+    models = {tuple(key.split("/", 1)): path for key, path in args.spec["models"].items()}
+    write_csv(sizes.size_table(args.main, models, args.spec.get("teachers")), args.out)
+
+
+def _training_curves(args: argparse.Namespace) -> None:
+    from ketchup.analysis import curves, figures
+    from ketchup.analysis.common import write_csv
+
+    frame = curves.read_curves(args.models)
+    write_csv(frame, args.csv)
+    figures.save(figures.training_curves_figure(frame), args.pdf, args.png)
+
+
+def _main_tables(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ketchup.analysis import tables_paper
+    from ketchup.io import write_text
+
+    main_ = pd.read_csv(args.main)
+    tasks, students = args.spec.get("tasks"), args.spec.get("students")
+    md = tables_paper.markdown(main_, tasks, students)
+    print(md)
+    write_text(args.md, md)
+    write_text(args.tex, tables_paper.latex(main_, tasks, students))
+
+
+def _significance(args: argparse.Namespace) -> None:
+    from ketchup.analysis import significance
+
+    s = args.spec
+    _print_and_write(significance.significance_table(args.metrics, s.get("baselines", ["kl", "llmr"]),
+                                                     s.get("resamples", 1000), s.get("seed", 0),
+                                                     s.get("confidence", 0.95)), args.out)
+
+
+def _paper_comparison(args: argparse.Namespace) -> None:
+    from ketchup.analysis import paper
+
+    _print_and_write(paper.comparison(args.main, args.spec), args.out)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
+from ketchup import paths
 from ketchup.config import TASK_KINDS
 from ketchup.registry import NAMES as METHODS
 
@@ -13,11 +12,8 @@ from ketchup.registry import NAMES as METHODS
 # tests/test_analysis.py checks that the two agree.
 PRIMARY = {"summarization": "rouge1", "translation": "bleu", "arithmetic": "accuracy"}
 
-# results/models/students/{task}/{student}/{method}/seed{seed}
-MODEL_PATTERN = re.compile(r"students/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)/?$")
-# results/predictions/{task}/{student}/{method}/seed{seed}.jsonl
-PREDICTION_PATTERN = re.compile(
-    r"predictions/(?P<task>[^/]+)/(?P<student>[^/]+)/(?P<method>[^/]+)/seed(?P<seed>\d+)\.jsonl$")
+MODEL_PATTERN = paths.run_regex("students")  # ketchup.paths.student_model
+PREDICTION_PATTERN = paths.run_regex("predictions", ".jsonl")  # ketchup.paths.predictions
 
 METHOD_ORDER = ["teacher", *METHODS]
 METHOD_NAMES = {"teacher": "Teacher", "prompted": "Prompted student", "sft": "SFT", "seqkd": "SeqKD",
@@ -40,23 +36,8 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
-def parse_path(path: str | Path, pattern: re.Pattern) -> dict[str, Any]:
-    posix = Path(path).as_posix().rstrip("/")
-    match = pattern.search(posix)
-    if not match:
-        raise ValueError(f"{path}: does not match {pattern.pattern}")
-    return {**match.groupdict(), "seed": int(match["seed"])}
-
-
 def write_csv(frame, out: str | Path) -> None:
     from ketchup.io import atomic_path
 
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def write_text(text: str, out: str | Path) -> None:
-    from ketchup.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ketchup.analysis.common import MODEL_PATTERN, parse_path
+from ketchup.analysis.common import MODEL_PATTERN
+from ketchup.paths import parse
 
 COLUMNS = ["task", "student", "method", "step", "series", "value", "seeds"]
 
@@ -21,7 +22,7 @@ def read_curves(model_dirs: list[str]) -> pd.DataFrame:
     """Tidy frame: task, student, method, step, series (loss | dev_metric), value (seed mean), seeds."""
     rows = []
     for model_dir in model_dirs:
-        run = parse_path(model_dir, MODEL_PATTERN)
+        run = parse(model_dir, MODEL_PATTERN)
         path = Path(model_dir) / "metrics.jsonl"
         if not path.exists():  # the prompted student is saved untrained: no curve
             continue

@@ -48,12 +48,14 @@ def _err(std: pd.Series) -> np.ndarray | None:
     return None if np.all(np.isnan(values)) else np.nan_to_num(values)
 
 
-def save(fig: Figure, pdf: str | Path, png: str | Path) -> None:
+def save(fig: Figure, pdf: str | Path, png: str | Path, tight: bool = False) -> None:
+    """Write ``fig`` to both files atomically; ``tight``: crop to what is drawn (a title wider than
+    the axes stays whole)."""
     from ketchup.io import atomic_path
 
     for path, fmt in ((pdf, "pdf"), (png, "png")):
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150)
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight" if tight else None)
 
 
 # ---------------------------------------------------------------------------------------------

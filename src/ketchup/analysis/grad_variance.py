@@ -68,7 +68,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     from ketchup.calculator import processors
     from ketchup.methods import Objective
     from ketchup.models import load_model, load_tokenizer, n_parameters
-    from ketchup.stages import compute_device, teacher_dtype
+    from ketchup.runtime import compute_device, teacher_dtype
 
     started = time.perf_counter()
     device = compute_device()

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ketchup.analysis.common import MODEL_PATTERN, PREDICTION_PATTERN, parse_path
+from ketchup.analysis.common import MODEL_PATTERN, PREDICTION_PATTERN
 from ketchup.io import read_jsonl
+from ketchup.paths import parse
 
 COLUMNS = ["task", "student", "k", "run", "unit", "seeds", "n", "mean", "std", "min", "q10", "q25", "median",
            "q75", "q90", "max", "empty_share", "mean_words", "reference_mean", "reference_std"]
@@ -59,11 +60,11 @@ def length_table(predictions: list[str], models: list[str], sweep: dict[str, dic
     """``predictions`` and ``models`` of the sweep's runs; ``sweep``: task -> {K: run method}."""
     model_dirs = {}
     for m in models:
-        run = parse_path(m, MODEL_PATTERN)
+        run = parse(m, MODEL_PATTERN)
         model_dirs[(run["task"], run["student"], run["method"], run["seed"])] = m
     groups: dict[tuple, list[tuple[str, dict]]] = {}
     for p in predictions:
-        run = parse_path(p, PREDICTION_PATTERN)
+        run = parse(p, PREDICTION_PATTERN)
         groups.setdefault((run["task"], run["student"], run["method"]), []).append((p, run))
     rows = []
     for task, runs in sorted(sweep.items()):

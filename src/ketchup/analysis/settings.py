@@ -1,4 +1,4 @@
-"""Defaults of the config's ``analysis`` block and the K values the analyses use (no heavy imports).
+"""The config's ``analysis`` block over its schema defaults, and the K values the analyses use (no heavy imports).
 
 The Snakefile (``workflow/rules/analysis_common.smk``) reads these when the DAG is built, so the
 rules and the commands agree on every default.
@@ -9,39 +9,32 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-# rl.k_sweep when the config gives none (or an empty list).
-DEFAULT_K_SWEEP = [1, 2, 4, 8]
+from ketchup.config import schema_defaults
 
-DEFAULTS: dict[str, Any] = {
-    "grad_variance": {
-        "n_minibatches": 20,      # minibatches of rollouts, drawn once (seeded) and shared by every K
-        "batch_size": None,       # None: the ketchup method's training batch size
-        "k": None,                # None: rl.k_sweep (or DEFAULT_K_SWEEP) plus 1 and the task's K
-        "seed": 0,                # seeds the minibatch draw and the sampled rollouts
-        "resamples": 1000,        # bootstrap resamples (over minibatches) for the confidence intervals
-        "confidence": 0.95,
-        "projection_dim": None,   # None: exact Gram matrix when it fits in memory, else CountSketch 2**20
-    },
-    "bootstrap": {
-        "resamples": 1000,        # paired bootstrap resamples (over test examples) for significance.csv
-        "seed": 0,
-        "confidence": 0.95,
-    },
-}
+# analysis.k_sweep when the config gives none (or an empty list).
+DEFAULT_K_SWEEP = schema_defaults("properties", "analysis")["k_sweep"]
+
+# The schema's default: values of the analysis block (its sections one level deep).
+DEFAULTS: dict[str, Any] = {"k_sweep": DEFAULT_K_SWEEP,
+                            **{section: schema_defaults("properties", "analysis", "properties", section)
+                               for section in ("grad_variance", "bootstrap")}}
 
 
 def analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config's ``analysis`` block over :data:`DEFAULTS` (one level deep per section)."""
     given = config.get("analysis", {}) or {}
     out = copy.deepcopy(DEFAULTS)
-    for section, values in given.items():
-        out.setdefault(section, {}).update(values or {})
+    for key, values in given.items():
+        if isinstance(out.get(key), dict):
+            out[key].update(values or {})
+        else:
+            out[key] = copy.deepcopy(values)
     return out
 
 
 def k_sweep(config: dict[str, Any]) -> list[int]:
-    """K values of the sweep: ``rl.k_sweep``, or :data:`DEFAULT_K_SWEEP` when it is missing or empty."""
-    ks = (config.get("rl") or {}).get("k_sweep") or DEFAULT_K_SWEEP
+    """K values of the sweep: ``analysis.k_sweep``, or :data:`DEFAULT_K_SWEEP` when it is missing or empty."""
+    ks = analysis_settings(config)["k_sweep"] or DEFAULT_K_SWEEP
     return sorted(set(int(k) for k in ks))
 
 

@@ -109,7 +109,15 @@ def bootstrap_trace(gram: np.ndarray, resamples: int = 1000, seed: int = 0, conf
 def bootstrap_mean(values: np.ndarray, counts: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` for resample ``counts`` [B, m]."""
     v = np.asarray(values, dtype=np.float64)
-    return _interval(counts @ v / counts.sum(1), confidence)
+    return bootstrap_ratio(v, np.ones_like(v), counts, confidence)
+
+
+def bootstrap_ratio(sums: np.ndarray, sizes: np.ndarray, counts: np.ndarray,
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the pooled mean sum_i s_i / sum_i n_i when whole clusters i
+    (sum s_i over n_i observations) are resampled: replicate b is (counts_b . s) / (counts_b . n)."""
+    s, n = np.asarray(sums, dtype=np.float64), np.asarray(sizes, dtype=np.float64)
+    return _interval(counts @ s / (counts @ n), confidence)
 
 
 def summarize(gram: np.ndarray, norms: np.ndarray | None = None, resamples: int = 1000, seed: int = 0,

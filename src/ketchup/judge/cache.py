@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ._io import atomic_write_text
+from ketchup.io import write_text
 
 CACHE_FORMAT = 1
 
@@ -68,7 +68,9 @@ class JudgeCache:
 
     def put(self, key: str, entry: dict[str, Any]) -> Path:
         entry = {"cache_format": CACHE_FORMAT, "key": key, **entry}
-        return atomic_write_text(self.path(key), json.dumps(entry, ensure_ascii=False, indent=1) + "\n")
+        path = self.path(key)
+        write_text(path, json.dumps(entry, ensure_ascii=False, indent=1) + "\n")
+        return path
 
     def keys(self) -> Iterator[str]:
         if not self.root.is_dir():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-log = logging.getLogger("ketchup.judge")
+from ketchup.config import ConfigError, schema_defaults, validate_block
 
-DEFAULT_CRITERIA = ("overall", "informativeness", "coherence")
+_DEFAULTS = schema_defaults("properties", "judge")
 
 
 class JudgeConfigError(RuntimeError):
@@ -30,25 +29,27 @@ class JudgeInvalidError(JudgeAPIError):
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    enabled: bool = False
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 256
-    n_examples: int | None = 100  # None or <= 0: every example
-    seed: int = 0
-    baseline: str = "kl"
-    concurrency: int = 4
-    max_retries: int = 5
-    timeout_s: float = 30.0
-    backoff_s: float = 0.5  # first retry delay; doubles each retry
-    backoff_max_s: float = 30.0  # cap on one delay (also caps a server's Retry-After)
-    price_per_1k_prompt_tokens: float = 0.0
-    price_per_1k_completion_tokens: float = 0.0
-    criteria: tuple[str, ...] = DEFAULT_CRITERIA
-    max_chars: int | None = 6000  # source/reference/output longer than this are cut (cost bound)
-    max_invalid_fraction: float = 0.05  # above this share of unparseable judgements the job fails
+    """The judge block; every default is the schema's (ketchup/schema/config.schema.yaml)."""
+
+    enabled: bool = _DEFAULTS["enabled"]
+    base_url: str | None = _DEFAULTS["base_url"]
+    model: str | None = _DEFAULTS["model"]
+    api_key_env: str = _DEFAULTS["api_key_env"]
+    temperature: float = _DEFAULTS["temperature"]
+    max_tokens: int = _DEFAULTS["max_tokens"]
+    n_examples: int | None = _DEFAULTS["n_examples"]  # None or <= 0: every example
+    seed: int = _DEFAULTS["seed"]
+    baseline: str = _DEFAULTS["baseline"]
+    concurrency: int = _DEFAULTS["concurrency"]
+    max_retries: int = _DEFAULTS["max_retries"]
+    timeout_s: float = _DEFAULTS["timeout_s"]
+    backoff_s: float = _DEFAULTS["backoff_s"]  # first retry delay; doubles each retry
+    backoff_max_s: float = _DEFAULTS["backoff_max_s"]  # cap on one delay (also caps a server's Retry-After)
+    price_per_1k_prompt_tokens: float = _DEFAULTS["price_per_1k_prompt_tokens"]
+    price_per_1k_completion_tokens: float = _DEFAULTS["price_per_1k_completion_tokens"]
+    criteria: tuple[str, ...] = tuple(_DEFAULTS["criteria"])
+    max_chars: int | None = _DEFAULTS["max_chars"]  # source/reference/output longer than this are cut (cost bound)
+    max_invalid_fraction: float = _DEFAULTS["max_invalid_fraction"]  # more invalid judgements fail the job
     task_descriptions: Mapping[str, str] = field(default_factory=dict)  # task name -> text
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -57,69 +58,22 @@ class JudgeConfig:
         ) * self.price_per_1k_completion_tokens
 
 
-_FIELDS = {f.name for f in fields(JudgeConfig)}
-
 
 def load_config(cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
-    """Build a validated :class:`JudgeConfig` from the config dict (unknown keys are logged)."""
+    """A :class:`JudgeConfig` from the config's judge block, checked against its part of the schema
+    (ketchup/schema/config.schema.yaml, the one place its rules are written)."""
     if isinstance(cfg, JudgeConfig):
         return cfg
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - _FIELDS)
-    if unknown:
-        log.warning("ignoring unknown judge config keys: %s", ", ".join(unknown))
-    kw = {k: v for k, v in cfg.items() if k in _FIELDS}
+    kw = dict(cfg or {})
     try:
-        for k in ("temperature", "timeout_s", "backoff_s", "backoff_max_s",
-                  "price_per_1k_prompt_tokens", "price_per_1k_completion_tokens", "max_invalid_fraction"):
-            if k in kw:
-                kw[k] = float(kw[k])
-        for k in ("max_tokens", "seed", "concurrency", "max_retries"):
-            if k in kw:
-                kw[k] = int(kw[k])
-        for k in ("n_examples", "max_chars"):
-            if k in kw and kw[k] is not None:
-                kw[k] = int(kw[k])
-        if "enabled" in kw:
-            kw["enabled"] = _as_bool(kw["enabled"])
-        if "criteria" in kw:
-            crit = kw["criteria"]
-            if isinstance(crit, str):
-                crit = [crit]
-            kw["criteria"] = tuple(str(c) for c in crit)
-        if "task_descriptions" in kw:
-            kw["task_descriptions"] = dict(kw["task_descriptions"] or {})
-        if kw.get("api_key_env") in (None, ""):
-            kw.pop("api_key_env", None)
-    except (TypeError, ValueError) as exc:
+        validate_block("judge", kw)
+    except ConfigError as exc:
         raise JudgeConfigError(f"invalid judge config: {exc}") from None
-    c = JudgeConfig(**kw)
-    problems = []
-    if c.concurrency < 1:
-        problems.append("judge.concurrency must be >= 1")
-    if c.max_retries < 0:
-        problems.append("judge.max_retries must be >= 0")
-    if c.timeout_s <= 0:
-        problems.append("judge.timeout_s must be > 0")
-    if c.backoff_s < 0 or c.backoff_max_s < 0:
-        problems.append("judge.backoff_s / backoff_max_s must be >= 0")
-    if not 0 <= c.max_invalid_fraction <= 1:
-        problems.append("judge.max_invalid_fraction must be between 0 and 1")
-    if c.max_tokens < 1:
-        problems.append("judge.max_tokens must be >= 1")
-    if not c.criteria:
-        problems.append("judge.criteria must name at least one criterion")
-    if len(set(c.criteria)) != len(c.criteria):
-        problems.append("judge.criteria has duplicates")
-    if problems:
-        raise JudgeConfigError("invalid judge config: " + "; ".join(problems))
-    return c
-
-
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(v)
+    if "criteria" in kw:
+        kw["criteria"] = tuple(kw["criteria"])
+    if "task_descriptions" in kw:
+        kw["task_descriptions"] = dict(kw["task_descriptions"] or {})
+    return JudgeConfig(**kw)
 
 
 def get_api_key(cfg: JudgeConfig) -> str:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
-from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ._io import default_file_mode
+from ketchup.analysis.figures import save
 
 
 def _num(v: str | None) -> float:
@@ -23,21 +21,6 @@ def _num(v: str | None) -> float:
         return float(v) if v not in (None, "") else math.nan
     except ValueError:
         return math.nan
-
-
-def _save_atomic(fig: Figure, path: str | os.PathLike, fmt: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def judge_figure(csv_path: str | os.PathLike, out_pdf: str | os.PathLike, out_png: str | os.PathLike) -> None:
@@ -93,5 +76,4 @@ def judge_figure(csv_path: str | os.PathLike, out_pdf: str | os.PathLike, out_pn
     for k in range(len(keys), nrows * ncols):
         if k > 0:
             axes[k // ncols][k % ncols].set_visible(False)
-    _save_atomic(fig, out_pdf, "pdf")
-    _save_atomic(fig, out_png, "png")
+    save(fig, out_pdf, out_png, tight=True)

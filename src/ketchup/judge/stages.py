@@ -45,15 +45,17 @@ import io
 import logging
 import math
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ketchup import paths
+from ketchup.analysis import variance
+from ketchup.io import DataError, numbered_jsonl, read_jsonl, write_json, write_jsonl, write_text
+
 from . import protocol
-from ._io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from .cache import JudgeCache
 from .client import JudgeClient, Judgement
 from .config import JudgeConfig, JudgeConfigError, JudgeInvalidError, check_enabled, is_enabled
@@ -78,15 +80,14 @@ def summary_path(out_path: str | os.PathLike) -> Path:
 
 def read_predictions(path: str | os.PathLike) -> dict[str, dict]:
     """Prediction records by id (order kept); checks the fields and that ids are unique."""
-    recs = read_jsonl(path)
     out: dict[str, dict] = {}
-    for i, r in enumerate(recs, 1):
+    for line, r in numbered_jsonl(path):
         missing = [k for k in ("id", "prediction") if k not in r]
         if missing:
-            raise ValueError(f"{path}: record {i} lacks {missing}")
+            raise DataError(f"{path}:{line}: record lacks {missing}")
         ex_id = str(r["id"])
         if ex_id in out:
-            raise ValueError(f"{path}: duplicate example id {ex_id!r}")
+            raise DataError(f"{path}:{line}: duplicate example id {ex_id!r}")
         out[ex_id] = r
     return out
 
@@ -185,8 +186,8 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
         **_usage_totals(records, cfg),
         "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
     }
-    atomic_write_json(summary_path(out_path), summary)
-    atomic_write_jsonl(out_path, records)
+    write_json(summary_path(out_path), summary)
+    write_jsonl(out_path, records)
     log.info("judge scores: %s (%d valid, %d invalid, %d API requests, %d cache hits)",
              out_path, summary["n_valid"], summary["n_invalid"], n_requests, n_hits)
     return summary
@@ -272,8 +273,8 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
         **_usage_totals(records, cfg),
         "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
     }
-    atomic_write_json(summary_path(out_path), summary)
-    atomic_write_jsonl(out_path, records)
+    write_json(summary_path(out_path), summary)
+    write_jsonl(out_path, records)
     log.info("judge pairwise: %s (win %s / tie %s / loss %s, %d invalid)", out_path,
              summary["n_win"], summary["n_tie"], summary["n_loss"], summary["n_invalid"])
     return summary
@@ -293,21 +294,17 @@ def pairwise_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predicti
 
 # --------------------------------------------------------------------------- table
 
-_RUN_DIR = re.compile(r"^seed(-?\d+)$")
+RUN_FILE = paths.run_regex("judge")  # the folder of ketchup.paths.judge_file
 
 
 def parse_run_path(path: str | os.PathLike) -> dict[str, Any]:
-    """``.../{task}/{student}/{method}/seed{seed}/<file>`` -> ``{task, student, method, seed}``."""
-    p = Path(path)
-    parts = p.parent.parts
-    if len(parts) < 4 or not _RUN_DIR.match(parts[-1]):
-        raise ValueError(
-            f"cannot read (task, student, method, seed) from {str(path)!r}: expected "
-            ".../{task}/{student}/{method}/seed{seed}/<file>.jsonl, or pass a mapping with "
-            "path, task, student, method and seed"
-        )
-    return {"task": parts[-4], "student": parts[-3], "method": parts[-2],
-            "seed": int(_RUN_DIR.match(parts[-1]).group(1))}
+    """``.../judge/{task}/{student}/{method}/seed{seed}/<file>`` -> ``{task, student, method, seed}``."""
+    try:
+        return paths.parse(Path(path).parent, RUN_FILE)
+    except ValueError:
+        raise DataError(f"{path}: cannot read (task, student, method, seed) from it: expected "
+                        ".../judge/{task}/{student}/{method}/seed{seed}/<file>, or pass a mapping with "
+                        "path, task, student, method and seed") from None
 
 
 def _resolve(entry) -> tuple[Path, dict]:
@@ -324,7 +321,8 @@ def bootstrap_ci(sums: np.ndarray, counts: np.ndarray, n_boot: int = N_BOOT, see
     """Pooled mean and percentile-bootstrap CI, resampling clusters (examples).
 
     ``sums[i]`` / ``counts[i]``: sum and number of valid scores of example i over all seeds, so all
-    seeds' judgements of one example are resampled together. (nan, nan, nan) without data; the CI
+    seeds' judgements of one example are resampled together
+    (:func:`ketchup.analysis.variance.bootstrap_ratio`). (nan, nan, nan) without data; the CI
     is nan with fewer than two examples.
     """
     sums, counts = np.asarray(sums, float), np.asarray(counts, float)
@@ -336,12 +334,9 @@ def bootstrap_ci(sums: np.ndarray, counts: np.ndarray, n_boot: int = N_BOOT, see
     n = len(sums)
     if n < 2:
         return mean, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    boot = sums[idx].sum(1) / counts[idx].sum(1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a])
-    return mean, float(lo), float(hi)
+    draws = variance.bootstrap_counts(n, n_boot, np.random.default_rng(seed))
+    lo, hi = variance.bootstrap_ratio(sums, counts, draws, level)
+    return mean, lo, hi
 
 
 TABLE_BASE_COLUMNS = [
@@ -432,5 +427,5 @@ def judge_table(score_files: Iterable, pairwise_files: Iterable, out_csv, *, n_b
     w.writeheader()
     for row in rows:
         w.writerow({k: _fmt(row.get(k)) for k in columns})
-    atomic_write_text(out_csv, buf.getvalue())
+    write_text(out_csv, buf.getvalue())
     return rows

@@ -1,0 +1,87 @@
+"""What every ``python -m ketchup...`` command shares: its setup, JSON specs, quiet imports of the
+model stack, and the device and precision models run in.
+
+It sits below the command lines (ketchup.cli, ketchup.analysis.__main__) and the stages, so the
+analyses and the judge take these helpers from here and never import a command line or stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the light commands never load it
+    import torch
+
+# Modules of the commands that load models (torch, transformers, accelerate), imported up front.
+MODEL_MODULES = ("ketchup.stages", "ketchup.models", "ketchup.methods", "ketchup.training")
+
+
+def json_spec(text: str) -> dict:
+    """A JSON object given inline or as @path."""
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            return json.load(handle)
+    return json.loads(text)
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Logging and torch's thread count, shared by every `python -m ketchup...` command line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, name: str, dest: str,
+                errors: tuple[type[Exception], ...]) -> int:
+    """Parse ``argv``, set up, run the subcommand's function (``set_defaults(func=...)``).
+
+    One of ``errors`` (bad input, named by file, line or config key) ends the command with one line
+    ``<name> <subcommand>: error: ...`` on stderr and exit status 2; anything else is a bug and raises.
+    """
+    args = parser.parse_args(argv)
+    setup(args)
+    try:
+        args.func(args)
+    except errors as exc:
+        print(f"{name} {getattr(args, dest)}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def import_quietly(*modules: str) -> None:
+    """Import ``modules`` with the cyclic garbage collector paused, then freeze what they built.
+
+    torch and transformers create millions of objects while importing; collecting among them cost
+    about 1 s of every job (of ~5 s of imports), and frozen objects are skipped by every later
+    collection, training included.
+    """
+    gc.disable()
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def compute_device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def teacher_dtype() -> torch.dtype | None:
+    """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
