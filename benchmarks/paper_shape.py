@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("paper_shape: needs a CUDA GPU")
-    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=None)
     teacher = build("xl", torch.bfloat16).eval().requires_grad_(False)
     rl = {k: v for k, v in RL_DEFAULTS.items() if k != "k_sweep"}
     rows = []
