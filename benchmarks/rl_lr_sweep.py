@@ -74,7 +74,7 @@ def main() -> None:
                    for m in rl for seed in cfg["seeds"]]
         print(f"lr {lr:g}: training {len(targets)} RL students in {work}", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(args.cores),
-                        "--configfile", str(work / "config.yaml"), "--rerun-triggers", "params", *targets],
+                        f"--configfile={work / 'config.yaml'}", "--rerun-triggers=params", *targets],
                        cwd=work, check=True, stdout=subprocess.DEVNULL)
         rows += dev_scores(work, cfg, lr)
     table = pd.DataFrame(rows)
