@@ -133,29 +133,24 @@ def score_messages(task_description: str, source: str, reference: str, output: s
                    criteria: Sequence[str], max_chars: int | None = None) -> list[dict[str, str]]:
     """Chat messages asking for a 1-10 score per criterion for one output."""
     reply_format = "{" + ", ".join(f'"{c}": <1-10>' for c in criteria) + "}"
-    user = load_template("score").format(
-        task=task_description,
-        criteria=_criteria_block(criteria),
-        source=_truncate(source, max_chars),
-        reference=_truncate(reference, max_chars),
-        output=_truncate(output, max_chars),
-        reply_format=reply_format,
-    )
-    return _messages(user)
+    return _filled("score", task_description, criteria, max_chars, reply_format=reply_format, source=source,
+                   reference=reference, output=output)
 
 
 def pairwise_messages(task_description: str, source: str, reference: str, output_a: str,
                       output_b: str, criteria: Sequence[str],
                       max_chars: int | None = None) -> list[dict[str, str]]:
     """Chat messages asking which of two outputs (A, B) is better, or a tie."""
-    user = load_template("pairwise").format(
-        task=task_description,
-        criteria=_criteria_block(criteria),
-        source=_truncate(source, max_chars),
-        reference=_truncate(reference, max_chars),
-        output_a=_truncate(output_a, max_chars),
-        output_b=_truncate(output_b, max_chars),
-    )
+    return _filled("pairwise", task_description, criteria, max_chars, source=source, reference=reference,
+                   output_a=output_a, output_b=output_b)
+
+
+def _filled(template: str, task_description: str, criteria: Sequence[str], max_chars: int | None,
+            reply_format: str | None = None, **texts: str) -> list[dict[str, str]]:
+    """The chat messages of a prompt template, each text truncated to ``max_chars``."""
+    extra = {} if reply_format is None else {"reply_format": reply_format}
+    user = load_template(template).format(task=task_description, criteria=_criteria_block(criteria), **extra,
+                                          **{name: _truncate(text, max_chars) for name, text in texts.items()})
     return _messages(user)
 
 
