@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, required, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,56 +15,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True)
 
     p = sub.add_parser("data", help="write {train,dev,test}.jsonl of a task in the hub schema")
-    p.add_argument("--task", required=True)
+    required(p, "task", "out", out="output directory")
     p.add_argument("--spec", type=json_spec, required=True, help="the task's config block (JSON)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_data)
 
     p = sub.add_parser("tokenizer", help="train a BPE tokenizer on a task's train split")
-    p.add_argument("--task", required=True)
-    p.add_argument("--data", required=True)
+    required(p, "task", "data", "out")
     p.add_argument("--prompt", default="")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--calculator", action="store_true", help="train on targets that keep calculator annotations")
-    p.add_argument("--out", required=True)
     p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("teacher", help="fine-tune the teacher, keep the dev-best checkpoint")
     p.add_argument("--spec", type=json_spec, required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--checkpoints", required=True)
-    p.add_argument("--out", required=True)
+    required(p, "data", "tokenizer", "checkpoints", "out")
     p.set_defaults(func=_teacher)
 
     p = sub.add_parser("generate", help="greedy outputs of a saved model on one split")
-    p.add_argument("--task", required=True)
+    required(p, "task", "model", "data", "out", data="a split file in the hub schema")
     p.add_argument("--arch", default="seq2seq", choices=["seq2seq", "decoder"])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="a split file in the hub schema")
     p.add_argument("--prompt", default="")
     p.add_argument("--generation", type=json_spec, required=True)
     p.add_argument("--max-source-length", type=int, required=True)
     p.add_argument("--teacher", action="store_true", help="run in half precision on a GPU")
-    p.add_argument("--out", required=True)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("student", help="train one student with its method's objective")
     p.add_argument("--spec", type=json_spec, required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--teacher-outputs", required=True)
-    p.add_argument("--teacher", required=True)
+    required(p, "data", "teacher-outputs", "teacher", "checkpoints", "out", "predictions",
+             predictions="where the dev-best model's test predictions go (JSONL)")
     p.add_argument("--init", default=None, help="start from this saved model (RL starts from KL)")
-    p.add_argument("--checkpoints", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--predictions", required=True, help="where the dev-best model's test predictions go (JSONL)")
     p.set_defaults(func=_student)
 
     p = sub.add_parser("score", help="task metrics of one prediction file")
-    p.add_argument("--task", required=True)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--out", required=True)
+    required(p, "task", "predictions", "out")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("table", help="the tidy main table from metric files")
@@ -77,21 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     # LLM judge (ketchup.judge); the settings are the config's judge block, the key comes from the
     # environment variable it names and is never an argument.
     p = sub.add_parser("judge-score", help="LLM-judge 1-10 scores of a sample of one run's predictions")
-    p.add_argument("--task", required=True)
     p.add_argument("--spec", type=json_spec, required=True, help="the config's judge block (JSON)")
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
-    p.add_argument("--out", required=True, help="scores.jsonl (a .summary.json is written beside it)")
+    required(p, "task", "predictions", "cache-dir", "out", cache_dir="content-addressed reply cache",
+             out="scores.jsonl (a .summary.json is written beside it)")
     p.set_defaults(func=_judge_score)
 
     p = sub.add_parser("judge-pairwise", help="LLM-judge verdicts of one run against the baseline, both orders")
-    p.add_argument("--task", required=True)
     p.add_argument("--spec", type=json_spec, required=True, help="the config's judge block (JSON)")
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--baseline-predictions", required=True)
+    required(p, "task", "predictions", "baseline-predictions", "cache-dir", "out",
+             cache_dir="content-addressed reply cache", out="pairwise.jsonl (a .summary.json is written beside it)")
     p.add_argument("--baseline", default=None, help="baseline method name to record (default judge.baseline)")
-    p.add_argument("--cache-dir", required=True, help="content-addressed reply cache")
-    p.add_argument("--out", required=True, help="pairwise.jsonl (a .summary.json is written beside it)")
     p.set_defaults(func=_judge_pairwise)
 
     p = sub.add_parser("judge-table", help="llm_judge.csv from per-run judge files (.../{task}/{student}/{method}/seed{seed}/)")
@@ -101,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_judge_table)
 
     p = sub.add_parser("judge-figure", help="draw llm_judge.csv to a PDF and a PNG")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--pdf", required=True)
-    p.add_argument("--png", required=True)
+    required(p, "csv", "pdf", "png")
     p.set_defaults(func=_judge_figure)
     return parser
 

@@ -65,10 +65,6 @@ def teacher_outputs(task: str, split: str) -> str:
     return f"{teacher_outputs_dir(task)}/{split}.jsonl"
 
 
-def teacher_metrics(task: str) -> str:
-    return f"{RESULTS}/metrics/{task}/teacher.json"
-
-
 STUDENT_MODELS = f"{RESULTS}/models/students"
 
 
@@ -87,6 +83,10 @@ def predictions(task: str, student: str, method: str, seed: int | str) -> str:
 
 def metrics(task: str, student: str, method: str, seed: int | str) -> str:
     return f"{RESULTS}/metrics/{run(task, student, method, seed)}.json"
+
+
+def teacher_metrics(task: str) -> str:
+    return f"{RESULTS}/metrics/{task}/teacher.json"
 
 
 def grad_variance(task: str, student: str, seed: int | str) -> str:

@@ -30,6 +30,13 @@ def json_spec(text: str) -> dict:
     return json.loads(text)
 
 
+def required(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:
+    """Required options ``--name`` (paths and names), declared in one line per subcommand;
+    ``helps`` by the option's name with ``_`` for ``-``."""
+    for name in names:
+        parser.add_argument(f"--{name}", required=True, help=helps.get(name.replace("-", "_")))
+
+
 def setup(args: argparse.Namespace) -> None:
     """Logging and torch's thread count, shared by every `python -m ketchup...` command line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

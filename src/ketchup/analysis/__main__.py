@@ -9,15 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, run_command
+from ketchup.runtime import MODEL_MODULES, import_quietly, json_spec, required, run_command
 
 
 def _figure_args(p: argparse.ArgumentParser, name: str) -> None:
     """A command that draws the tidy table --csv with ``ketchup.analysis.figures.<name>``."""
-    p.add_argument("--csv", required=True, help="the tidy table the figure draws")
-    p.add_argument("--pdf", required=True)
-    p.add_argument("--png", required=True)
+    required(p, "csv", "pdf", "png", csv="the tidy table the figure draws")
     p.set_defaults(func=_figure, figure=name)
+
+
+def _table_args(p: argparse.ArgumentParser, func, inputs: str, spec_help: str | None = None) -> None:
+    """A table built from many input files (positional), with an optional JSON spec."""
+    if spec_help is not None:
+        p.add_argument("--spec", type=json_spec, required=True, help=spec_help)
+    required(p, "out")
+    p.add_argument(inputs, nargs="+")
+    p.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,25 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grad-variance", help="policy-gradient variance per K at one KL student (JSON)")
     p.add_argument("--spec", type=json_spec, required=True)
-    p.add_argument("--student", required=True, help="the KL student's model directory")
-    p.add_argument("--teacher", required=True, help="the teacher's model directory")
-    p.add_argument("--train-outputs", required=True, help="results/teacher_outputs/{task}/train.jsonl")
-    p.add_argument("--out", required=True)
+    required(p, "student", "teacher", "train-outputs", "out", student="the KL student's model directory",
+             teacher="the teacher's model directory", train_outputs="results/teacher_outputs/{task}/train.jsonl")
     p.set_defaults(func=_grad_variance)
 
     p = sub.add_parser("grad-variance-table", help="grad_variance.csv from per-run JSON files")
-    p.add_argument("--out", required=True)
-    p.add_argument("runs", nargs="+")
-    p.set_defaults(func=_grad_variance_table)
+    _table_args(p, _grad_variance_table, "runs")
 
     p = sub.add_parser("grad-variance-figure", help="draw grad_variance.csv")
     _figure_args(p, "grad_variance_figure")
 
     p = sub.add_parser("k-sweep-table", help="k_sweep.csv from metric files")
-    p.add_argument("--spec", type=json_spec, required=True, help='{"sweep": {task: {K: run}}, "task_k": {task: K}}')
-    p.add_argument("--out", required=True)
-    p.add_argument("metrics", nargs="+")
-    p.set_defaults(func=_k_sweep_table)
+    _table_args(p, _k_sweep_table, "metrics", '{"sweep": {task: {K: run}}, "task_k": {task: K}}')
 
     p = sub.add_parser("k-sweep-figure", help="draw k_sweep.csv")
     _figure_args(p, "k_sweep_figure")
@@ -68,30 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     _figure_args(p, "student_size_figure")
 
     p = sub.add_parser("training-curves", help="training curves (csv, pdf, png) from model directories")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--pdf", required=True)
-    p.add_argument("--png", required=True)
+    required(p, "csv", "pdf", "png")
     p.add_argument("models", nargs="+")
     p.set_defaults(func=_training_curves)
 
     p = sub.add_parser("main-tables", help="main.md and main.tex from main.csv")
-    p.add_argument("--main", required=True)
+    required(p, "main", "md", "tex")
     p.add_argument("--spec", type=json_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
-    p.add_argument("--md", required=True)
-    p.add_argument("--tex", required=True)
     p.set_defaults(func=_main_tables)
 
     p = sub.add_parser("significance", help="paired bootstrap against kl and llmr (significance.csv)")
-    p.add_argument("--spec", type=json_spec, required=True,
-                   help='{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
-    p.add_argument("--out", required=True)
-    p.add_argument("metrics", nargs="+")
-    p.set_defaults(func=_significance)
+    _table_args(p, _significance, "metrics", '{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
 
     p = sub.add_parser("paper-comparison", help="paper_comparison.csv: main.csv beside the paper's numbers")
-    p.add_argument("--main", required=True)
+    required(p, "main", "out")
     p.add_argument("--spec", type=json_spec, required=True)
-    p.add_argument("--out", required=True)
     p.set_defaults(func=_paper_comparison)
     return parser
 
