@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import functools
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,10 +24,9 @@ from transformers import AutoModelForSeq2SeqLM, T5Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ketchup import registry  # noqa: E402
 from ketchup.batching import Batch  # noqa: E402
-from ketchup.config import RL_DEFAULTS  # noqa: E402
 from ketchup.methods import Objective  # noqa: E402
+from stepbench import METHODS, timed_step  # noqa: E402
 
 VOCAB = 32128  # T5's SentencePiece vocabulary (with padding rows)
 SHAPES = {  # the published configs of google/flan-t5-xl and google-t5/t5-{small,base,large}
@@ -68,33 +67,27 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("paper_shape: needs a CUDA GPU")
+    bf16 = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=None)
     teacher = build("xl", torch.bfloat16).eval().requires_grad_(False)
-    rl = {k: v for k, v in RL_DEFAULTS.items() if k != "k_sweep"}
     rows = []
     for size in args.students:
-        for method in registry.TRAINED_METHODS:
+        for method in METHODS:
             student = build(size).train()
             optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
             objective = Objective(method, "seq2seq", tok, teacher=teacher, max_new_tokens=args.target_len,
-                                  rl=rl, k=4)
+                                  k=4)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             times, tokens = [], []
             for step in range(args.steps + 1):  # the first step is a warm-up
                 b = batch(args.batch, args.source_len, args.target_len, step)
                 torch.cuda.synchronize()
-                start = time.perf_counter()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    mb = objective.rollout(student, b)
-                    per_token, mask, _ = objective.loss(student, mb)
-                (per_token.float().sum() / mask.sum().clamp(min=1)).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                torch.cuda.synchronize()
+                seconds, n_tokens = timed_step(objective, student, optimizer, b, bf16)
+                torch.cuda.synchronize()  # the step's kernels finish inside the next step's timer otherwise
                 if step:
-                    times.append(time.perf_counter() - start)
-                    tokens.append(float(mask.sum()))
+                    times.append(seconds)
+                    tokens.append(n_tokens)
             rows.append({"student": size, "method": method, "s_per_step": statistics.median(times),
                          "tokens_per_s": sum(tokens) / sum(times),
                          "peak_mib": torch.cuda.max_memory_allocated() / 2**20})

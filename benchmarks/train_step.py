@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,8 +24,8 @@ from ketchup.data import records, synthetic  # noqa: E402
 from ketchup.methods import Objective  # noqa: E402
 from ketchup.models import build_model  # noqa: E402
 from ketchup.tokenizer import train_tokenizer  # noqa: E402
+from stepbench import METHODS, timed_step  # noqa: E402
 
-METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
 
 
 def main() -> None:
@@ -58,15 +57,10 @@ def main() -> None:
             for step in range(args.steps + 2):  # two warm-up steps are not timed
                 chunk = [examples[(step * bs + i) % len(examples)] for i in range(bs)]
                 batch = make_batch(tok, [e["source"] for e in chunk], [e["target"] for e in chunk], arch, src_len, tgt_len)
-                start = time.perf_counter()
-                batches = objective.rollout(student, batch)
-                per_token, mask, _ = objective.loss(student, batches)
-                (per_token.sum() / mask.sum().clamp(min=1)).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                seconds, n_tokens = timed_step(objective, student, optimizer, batch)
                 if step >= 2:
-                    times.append(time.perf_counter() - start)
-                    tokens.append(float(mask.sum()))
+                    times.append(seconds)
+                    tokens.append(n_tokens)
             sec = statistics.median(times)
             rows.append({"student": student_name, "method": method, "s_per_step": sec,
                          "tokens_per_s": sum(tokens) / sum(times)})

@@ -17,14 +17,14 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "ketchup"]
+from stepbench import METHODS, timed_step  # noqa: E402
+
 
 
 def _peak_mib() -> float:
@@ -49,8 +49,7 @@ def one(vocab: int, method: str, steps: int, batch: int, length: int) -> dict:
 
     teacher, student = model(64, 2).eval().requires_grad_(False), model(32, 1)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    rl = {"rollout": "greedy", "value": "max", "clip": 50.0, "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0}
-    objective = Objective(method, "decoder", tok, teacher=teacher, max_new_tokens=length, rl=rl, k=4)
+    objective = Objective(method, "decoder", tok, teacher=teacher, max_new_tokens=length, k=4)  # rl: the defaults
     gen = torch.Generator().manual_seed(0)
     times = []
     before = _peak_mib()
@@ -59,14 +58,9 @@ def one(vocab: int, method: str, steps: int, batch: int, length: int) -> dict:
         tgt = torch.randint(5, vocab, (batch, length), generator=gen)
         tgt[:, -1] = tok.eos_token_id
         b = Batch(src, torch.ones_like(src), tgt, torch.ones_like(tgt, dtype=torch.float))
-        start = time.perf_counter()
-        batches = objective.rollout(student, b)
-        per_token, mask, _ = objective.loss(student, batches)
-        (per_token.sum() / mask.sum().clamp(min=1)).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        seconds, _ = timed_step(objective, student, optimizer, b)
         if step:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     return {"vocab": vocab, "method": method, "s_per_step": statistics.median(times),
             "peak_mib": _peak_mib(), "step_mib": _peak_mib() - before}
 

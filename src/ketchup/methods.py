@@ -44,6 +44,9 @@ class Objective:
     k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
     logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
 
+    def __post_init__(self) -> None:
+        self.rl = {**RL_DEFAULTS, **self.rl}  # the settings a spec leaves out take the schema's defaults
+
     @property
     def family(self) -> str:
         return registry.get(self.method).family
@@ -62,9 +65,8 @@ class Objective:
     def rl_rollout(self, student, batch: Batch) -> Batch:
         """The RL rollout: greedy or sampled (``rl.rollout``), decoded with dropout active when
         ``rl.rollout_dropout`` (the reference decoded with the student in train mode) or in eval mode."""
-        rl = {**RL_DEFAULTS, **self.rl}
         return generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens,
-                        sample=rl["rollout"] == "sample", dropout=bool(rl["rollout_dropout"]),
+                        sample=self.rl["rollout"] == "sample", dropout=bool(self.rl["rollout_dropout"]),
                         logits_processor=self.logits_processor)
 
     @torch.no_grad()
@@ -107,7 +109,7 @@ class Objective:
         return torch.cat([pad(p) for p in parts]), torch.cat([pad(m) for m in masks]), stats
 
     def _policy_gradient(self, student, b: Batch):
-        rl = {**RL_DEFAULTS, **self.rl}
+        rl = self.rl
         q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
         returns = objectives.kstep_returns(q, v, b.target_mask, self.k)
         per_token, stats = objectives.policy_gradient_loss(
