@@ -123,14 +123,20 @@ GSM8K_TASK = {"source": "synthetic", "n_train": 300, "n_dev": 30, "n_test": 30, 
 
 
 def test_same_config_twice_gives_identical_table(tmp_path):
-    """Also the GSM8K path end to end, and two seeds aggregated into mean and std."""
+    """Also the GSM8K path end to end, two seeds aggregated into mean and std, and the warm worker:
+    run a forks every job from it, run b gives each job a fresh process, with the same bytes."""
     config = write_config(tmp_path / "cfg.yaml", TEST_CONFIG, seeds=[0, 1], methods=["sft"],
                           tasks={"gsm8k": GSM8K_TASK})
     tables = []
-    for name in ("a", "b"):
-        snakemake(tmp_path / name, config, "results/tables/main.csv")
+    for name, switch in (("a", "1"), ("b", "0")):
+        snakemake(tmp_path / name, config, "results/tables/main.csv", env={"KETCHUP_WARM_WORKER": switch})
         tables.append((tmp_path / name / "results" / "tables" / "main.csv").read_bytes())
     assert tables[0] == tables[1]
+    logs = {name: (tmp_path / name / "results/logs/student/gsm8k/tiny/sft/seed0.log").read_text() for name in "ab"}
+    assert "ketchup.worker: job used" in logs["a"] and "ketchup.worker" not in logs["b"]
+    for path in ("results/models/teacher/gsm8k/model.safetensors", "results/predictions/gsm8k/tiny/sft/seed1.jsonl",
+                 "results/models/students/gsm8k/tiny/sft/seed1/model.safetensors"):
+        assert (tmp_path / "a" / path).read_bytes() == (tmp_path / "b" / path).read_bytes(), path
     table = pd.read_csv(tmp_path / "a" / "results" / "tables" / "main.csv")
     assert set(table.metric) == {"accuracy"}
     students = table[table.method != "teacher"]

@@ -1,5 +1,5 @@
 import sys
 
-from ketchup.cli import main
+from ketchup.worker import run
 
-sys.exit(main())
+sys.exit(run("ketchup", sys.argv[1:]))

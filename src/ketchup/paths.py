@@ -113,3 +113,8 @@ def table(name: str) -> str:
 
 def figure(name: str, ext: str) -> str:
     return f"{RESULTS}/figures/{name}.{ext}"
+
+
+def worker_log() -> str:
+    """The log of a local run's warm worker (ketchup.worker)."""
+    return f"{RESULTS}/logs/worker.log"

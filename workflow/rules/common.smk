@@ -7,7 +7,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, paths, registry  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, registry, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
 
@@ -26,6 +26,24 @@ shell.prefix(
     .replace("{", "{{")
     .replace("}", "}}")
 )
+
+# A local run's jobs fork from one warm process that imported torch and transformers once
+# (ketchup.worker); jobs in a cluster, conda or container run as their own processes.
+WARM_WORKER = {}
+
+
+onstart:
+    if workflow.local_exec and not workflow.deployment_settings.deployment_method:
+        WARM_WORKER["address"] = kworker.start(paths.worker_log(), str(SRC))
+
+
+onsuccess:
+    kworker.stop(WARM_WORKER.get("address"))
+
+
+onerror:
+    kworker.stop(WARM_WORKER.get("address"))
+
 
 ARCH = config["architecture"]
 TASKS = list(config["tasks"])

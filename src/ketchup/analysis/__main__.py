@@ -186,4 +186,6 @@ def _paper_comparison(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ketchup.worker import run
+
+    sys.exit(run("ketchup.analysis", sys.argv[1:]))
