@@ -329,3 +329,31 @@ def test_the_schema_ships_with_the_package():
 
     assert (resources.files("ketchup") / "schema" / "config.schema.yaml").is_file()
     assert kconfig.SCHEMA_PATH.is_relative_to(Path(kconfig.__file__).parent)
+
+
+def test_a_config_extends_another_key_by_key(tmp_path):
+    from ketchup import config as kconfig
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("seeds: [0]\ntasks:\n  a: {n_test: 5, k: 2}\n  b: {n_test: 7}\ntrain: {lr: 0.1}\n")
+    (tmp_path / "sub/variant.yaml").write_text("extends: ../base.yaml\nseeds: [0, 1]\ntasks:\n  a: {n_test: 50}\n")
+    assert kconfig.read(tmp_path / "sub/variant.yaml") == {
+        "seeds": [0, 1], "tasks": {"a": {"n_test": 50, "k": 2}, "b": {"n_test": 7}}, "train": {"lr": 0.1}}
+    (tmp_path / "sub/broken.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(kconfig.ConfigError, match="nowhere.yaml does not exist"):
+        kconfig.read(tmp_path / "sub/broken.yaml")
+
+
+def test_the_study_config_is_the_default_with_three_seeds_and_larger_test_sets(repo_root):
+    from ketchup import config as kconfig
+
+    default = kconfig.read(repo_root / "config.yaml")
+    study = kconfig.read(repo_root / "workflow/configs/study.yaml")
+    kconfig.validate(study)
+    assert study["seeds"] == [0, 1, 2]
+    for task, spec in study["tasks"].items():
+        assert spec["n_test"] > default["tasks"][task]["n_test"]
+        assert {k: v for k, v in spec.items() if k != "n_test"} == \
+            {k: v for k, v in default["tasks"][task].items() if k != "n_test"}
+    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks")} == \
+        {k: v for k, v in default.items() if k not in ("seeds", "tasks")}

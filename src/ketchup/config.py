@@ -134,12 +134,25 @@ def _check_semantics(config: dict[str, Any]) -> None:
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """A YAML config as it is in the file, not yet validated."""
+    """A YAML config as it is in the file (its ``extends`` resolved), not yet validated."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return resolve_extends(config, path.parent) if isinstance(config, dict) else config
+
+
+def resolve_extends(config: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """``extends: FILE`` (relative to ``where``, the extending file's folder): FILE's config, with this
+    config's keys merged into it (nested mappings key by key, anything else replaced), so a variant
+    such as workflow/configs/study.yaml states only what differs from the default."""
+    if "extends" not in config:
+        return config
+    base_path = Path(where) / str(config["extends"])
+    if not base_path.is_file():
+        raise ConfigError(f"extends: {base_path} does not exist")
+    return deep_update(read(base_path), {k: v for k, v in config.items() if k != "extends"})
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

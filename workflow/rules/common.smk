@@ -13,9 +13,14 @@ from ketchup.io import DataError  # noqa: E402
 
 # The embedded default applies only when no --configfile is given: a given config replaces it
 # whole instead of being merged into it (merging would leak the default's tasks into every run).
+# A given config may extend another (`extends:`, relative to the last --configfile).
 try:
     if not config:
         config.update(kconfig.read(Path(workflow.basedir) / "config.yaml"))
+    elif "extends" in config:
+        resolved = kconfig.resolve_extends(config, Path(workflow.configfiles[-1]).parent)
+        config.clear()
+        config.update(resolved)
     kconfig.validate(config)
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
