@@ -34,9 +34,25 @@ from ketchup.methods import Objective
 
 
 @dataclass
+class TokenData:
+    """Training examples as token ids: ``pair(i, epoch) -> (source_ids, target_ids)`` of example ``i``
+    of ``n`` (each ended with EOS; decoder-only sources are prompts). A pure function of its
+    arguments, so a resumed run sees the same data; it may differ between epochs (the span
+    corruption of ``ketchup.pretraining``)."""
+    n: int
+    pair: Callable[[int, int], tuple[list[int], list[int]]]
+
+
+@dataclass
 class TrainData:
     sources: list[str]
     targets: list[str]
+
+    def encode(self, tokenizer, arch: str, max_source_length: int, max_target_length: int) -> TokenData:
+        """Tokenised once: every epoch sees the same ids, and a micro-batch is only padded together."""
+        source_ids = encode_sources(tokenizer, self.sources, arch, max_source_length)
+        target_ids = encode_targets(tokenizer, self.targets, max_target_length)
+        return TokenData(len(source_ids), lambda i, epoch: (source_ids[i], target_ids[i]))
 
 
 def set_seed(seed: int) -> None:
@@ -60,12 +76,13 @@ def _micro_batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list
     return [order[i: i + batch_size] for i in range(0, n, batch_size)]
 
 
-def train(model, tokenizer, objective: Objective, data: TrainData, settings: dict[str, Any], *,
+def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, settings: dict[str, Any], *,
           arch: str, seed: int, evaluate: Callable[[Any], float], ckpt_dir: str | Path, out_dir: str | Path,
           max_source_length: int, max_target_length: int, run_info: dict[str, Any],
           identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with ``objective``; save the dev-best model to ``out_dir`` (atomically).
 
+    ``data``: texts (tokenised here, to ``max_source_length`` / ``max_target_length``) or token ids.
     ``evaluate(model) -> float`` gives the dev metric (higher is better). ``ckpt_dir`` holds the
     resumable state: it is outside the pipeline's declared outputs so a rerun finds it. ``identity``
     is everything else that determines the run (the stage's whole spec and the digests of its input
@@ -78,7 +95,9 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    n, bs, accum = len(data.sources), settings["batch_size"], settings["grad_accum"]
+    if isinstance(data, TrainData):
+        data = data.encode(tokenizer, arch, max_source_length, max_target_length)
+    n, bs, accum = data.n, settings["batch_size"], settings["grad_accum"]
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(n / bs)
     steps_per_epoch = max(1, micro_per_epoch // (accum * world))
@@ -95,9 +114,6 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
                        "world": world, "format": CHECKPOINT_FORMAT})
     ckpt = _Checkpoints(ckpt_dir, accelerator)
     state = ckpt.resume(key, total_steps)
-    # Tokenise once: every micro-batch is then only padded together.
-    source_ids = encode_sources(tokenizer, data.sources, arch, max_source_length)
-    target_ids = encode_targets(tokenizer, data.targets, max_target_length)
 
     def evaluate_and_keep_best(step: int) -> None:
         score = float(evaluate(accelerator.unwrap_model(model)))
@@ -121,8 +137,8 @@ def train(model, tokenizer, objective: Objective, data: TrainData, settings: dic
         for j in range(accum):
             m = (step * accum + j) * world + rank
             epoch, within = divmod(m, micro_per_epoch)
-            idx = _micro_batch_indices(n, bs, seed, epoch)[within]
-            batch = collate([source_ids[i] for i in idx], [target_ids[i] for i in idx], tokenizer.pad_token_id,
+            pairs = [data.pair(i, epoch) for i in _micro_batch_indices(n, bs, seed, epoch)[within]]
+            batch = collate([s for s, _ in pairs], [t for _, t in pairs], tokenizer.pad_token_id,
                             arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
         row, stats = _optimizer_step(accelerator, model, optimizer, scheduler, objective, micro, settings)
