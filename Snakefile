@@ -12,6 +12,7 @@ min_version("9.0")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/teacher_outputs.smk"
 include: "workflow/rules/students.smk"

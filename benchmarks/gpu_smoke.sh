@@ -65,7 +65,7 @@ status=0
     cd "$WORKDIR"
     "$PYTHON" -m snakemake -s "$REPO/Snakefile" --configfile "$CONFIG" --cores "$CORES" \
         --resources gpu="$GPU_JOBS" \
-        --set-resources teacher:gpu=1 student:gpu=1 teacher_outputs:gpu=1 predict:gpu=1 \
+        --set-resources teacher:gpu=1 pretrain:gpu=1 student:gpu=1 teacher_outputs:gpu=1 predict:gpu=1 \
         --rerun-incomplete results/tables/main.csv
 ) > "$WORKDIR/snakemake.log" 2>&1 || status=$?
 WALL=$(( $(date +%s) - START ))

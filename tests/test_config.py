@@ -193,6 +193,33 @@ def test_trained_tokenizer_needs_models_from_config(default_config):
     _raises(default_config, "tokenizer.kind")
 
 
+def test_pretrain_only_for_students_built_from_config(default_config):
+    default_config["students"]["small"]["pretrain"] = {}  # every setting at its default
+    kconfig.validate(default_config)
+    default_config["students"]["loaded"] = {"name_or_path": "t5-small", "pretrain": {"steps": 10}}
+    _raises(default_config, "config key 'students.loaded.pretrain'", "built from config", "name_or_path")
+    default_config["students"]["loaded"] = {"from_teacher": {"encoder_layers": [0], "decoder_layers": [0]},
+                                           "pretrain": {}}
+    _raises(default_config, "config key 'students.loaded.pretrain'", "from_teacher")
+    del default_config["students"]["loaded"]
+    default_config["teacher"]["model"]["pretrain"] = {}
+    _raises(default_config, "config key 'teacher.model.pretrain'", "only students")
+
+
+def test_pretrain_block_keys_and_held_out_examples(default_config):
+    default_config["students"]["small"]["pretrain"] = {"steps": 10, "noise": 0.2}
+    _raises(default_config, "config key 'students.small.pretrain.noise': unknown key")
+    default_config["students"]["small"]["pretrain"] = {"noise_density": 0.6}
+    _raises(default_config, "students.small.pretrain.noise_density")
+    default_config["students"]["small"]["pretrain"] = {"dev_examples": 2000}  # xsum and en_nl have 2000 train records
+    _raises(default_config, "config key 'students.small.pretrain.dev_examples'", "tasks.xsum.n_train")
+    default_config["students"]["small"]["pretrain"] = {"steps": 7, "lr": 0.01}
+    assert kconfig.pretrain_settings(default_config, "small") == {**kconfig.PRETRAIN_DEFAULTS, "steps": 7, "lr": 0.01}
+    optim = kconfig.pretrain_optim(kconfig.pretrain_settings(default_config, "small"))
+    assert optim == {**kconfig.OPTIM_DEFAULTS, "max_steps": 7, "lr": 0.01, "batch_size": 32, "warmup_steps": 100,
+                     "eval_every": 100, "checkpoint_every": 100}
+
+
 # --- load() ---------------------------------------------------------------------------------------
 
 
@@ -238,8 +265,12 @@ def _dry_run(configfile: Path, workdir: Path) -> subprocess.CompletedProcess:
         (lambda c: c["tasks"]["xsum"].__setitem__("k", "two"), "tasks.xsum.k"),
         (lambda c: c["tasks"].__setitem__("cnn", {"source": "synthetic"}), "tasks.cnn"),
         (lambda c: c.__setitem__("methods", ["sft", "ketchup"]), "'kl'"),
+        # a 699-token document corrupts into 35 spans, more than the trained tokenizer's sentinels
+        (lambda c: c.__setitem__("students", {"small": {**c["students"]["small"], "pretrain": {}}})
+         or c["tasks"]["xsum"].__setitem__("max_source_length", 700),
+         "'students.small.pretrain': span corruption of a 699-token document of xsum"),
     ],
-    ids=["wrong-type", "unknown-task", "rl-without-kl"],
+    ids=["wrong-type", "unknown-task", "rl-without-kl", "too-few-sentinels"],
 )
 def test_snakemake_dry_run_rejects_bad_config(tmp_path, default_config, mutate, key):
     mutate(default_config)
@@ -308,6 +339,9 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
                                       "mixed_precision": "no", "gradient_checkpointing": False}
     assert kconfig.GENERATION_DEFAULTS == {"batch_size": 32, "num_beams": 1}
     assert kconfig.LENGTH_DEFAULTS == {"max_source_length": 512, "max_target_length": 128}
+    assert kconfig.PRETRAIN_DEFAULTS == {"steps": 1000, "lr": 1e-3, "batch_size": 32, "warmup_steps": 100,
+                                         "noise_density": 0.15, "mean_span_length": 3.0,  # T5's
+                                         "eval_every": 100, "checkpoint_every": 100, "dev_examples": 100}
     from ketchup.analysis import settings
     from ketchup.judge.config import JudgeConfig
 
@@ -315,7 +349,8 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
     assert settings.DEFAULTS["bootstrap"] == {"resamples": 1000, "seed": 0, "confidence": 0.95}
     assert JudgeConfig().timeout_s == 60 and JudgeConfig().criteria == ("overall", "informativeness", "coherence")
     # each default passes the schema it sits in
-    for where in (("properties", "rl"), ("$defs", "optim"), ("properties", "generation"), ("properties", "judge")):
+    for where in (("properties", "rl"), ("$defs", "optim"), ("$defs", "pretrain"), ("properties", "generation"),
+                  ("properties", "judge")):
         node = kconfig.load_schema()
         for key in where:
             node = node[key]

@@ -22,6 +22,8 @@ def test_run_paths_hand_written():
     assert paths.student_checkpoints("en_nl", "tiny", "kl", 0) == "results/checkpoints/students/en_nl/tiny/kl/seed0"
     assert paths.data("en_nl", "dev") == "results/data/en_nl/dev.jsonl"
     assert paths.teacher_outputs("en_nl", "train") == "results/teacher_outputs/en_nl/train.jsonl"
+    assert paths.pretrained_model("xsum", "small") == "results/models/pretrained/xsum/small"
+    assert paths.pretrained_checkpoints("xsum", "small") == "results/checkpoints/pretrained/xsum/small"
     # Snakemake patterns: placeholders pass through untouched
     assert (paths.student_model("{task}", "{student}", "{method}", "{seed}")
             == "results/models/students/{task}/{student}/{method}/seed{seed}")

@@ -88,7 +88,7 @@ def test_teacher_beats_untrained_student(seq2seq_run):
 
 def test_logs_benchmarks_and_training_metrics(seq2seq_run):
     results = seq2seq_run / "results"
-    for rule in ("data", "tokenizer", "teacher", "teacher_outputs", "student", "score", "tables"):
+    for rule in ("data", "tokenizer", "pretrain", "teacher", "teacher_outputs", "student", "score", "tables"):
         assert list((results / "logs" / rule).rglob("*.log")), rule
         assert list((results / "benchmarks" / rule).rglob("*.tsv")), rule
     teacher_log = (results / "logs" / "teacher" / "en_nl.log").read_text()
@@ -104,6 +104,23 @@ def test_logs_benchmarks_and_training_metrics(seq2seq_run):
     assert summary["k"] == 2 and summary["method"] == "ketchup" and summary["best_step"] in (10, 20)
 
 
+def test_methods_start_from_the_pretrained_student(seq2seq_run):
+    """prompted is the pretrained model itself, which saved the tokenizer the teacher saved; prompted
+    and kl started from it (the DAG's --init), ketchup from kl."""
+    results = seq2seq_run / "results"
+    pretrained, teacher = results / "models/pretrained/en_nl/tiny", results / "models/teacher/en_nl"
+    assert json.loads((pretrained / "train_summary.json").read_text())["steps"] == 8
+    prompted = results / "models/students/en_nl/tiny/prompted/seed0"
+    assert (prompted / "model.safetensors").read_bytes() == (pretrained / "model.safetensors").read_bytes()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (pretrained / name).read_bytes() == (teacher / name).read_bytes(), name
+    starts = {"prompted": "results/models/pretrained/en_nl/tiny", "kl": "results/models/pretrained/en_nl/tiny",
+              "ketchup": "results/models/students/en_nl/tiny/kl/seed0"}
+    for method, init in starts.items():
+        log = (results / f"logs/student/en_nl/tiny/{method}/seed0.log").read_text()
+        assert f"student en_nl/tiny/{method}: starting from {init}\n" in log, (method, log[:2000])
+
+
 def test_second_run_does_nothing(seq2seq_run):
     proc = snakemake(seq2seq_run, TEST_CONFIG, "-n", "results/tables/main.csv")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -116,6 +133,7 @@ def test_decoder_only_pipeline(decoder_run):
     assert bleu["teacher"] > bleu["prompted"]
     config = json.loads((decoder_run / "results/models/teacher/en_nl/config.json").read_text())
     assert config["model_type"] == "qwen2"
+    assert not (decoder_run / "results/models/pretrained").exists()  # no pretrain block: built from its spec
 
 
 GSM8K_TASK = {"source": "synthetic", "n_train": 300, "n_dev": 30, "n_test": 30, "k": 4,

@@ -25,12 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--calculator", action="store_true", help="train on targets that keep calculator annotations")
+    p.add_argument("--sentinels", type=int, default=0, help="add this many sentinel tokens (span corruption)")
     p.set_defaults(func=_tokenizer)
 
     p = sub.add_parser("teacher", help="fine-tune the teacher, keep the dev-best checkpoint")
     p.add_argument("--spec", type=json_spec, required=True)
     required(p, "data", "tokenizer", "checkpoints", "out")
     p.set_defaults(func=_teacher)
+
+    p = sub.add_parser("pretrain", help="pretrain a student size on the task's training text")
+    p.add_argument("--spec", type=json_spec, required=True)
+    required(p, "data", "tokenizer", "checkpoints", "out", data="the task's train split (JSONL), the only text read")
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("generate", help="greedy outputs of a saved model on one split")
     required(p, "task", "model", "data", "out", data="a split file in the hub schema")
@@ -109,7 +115,7 @@ def _tokenizer(args: argparse.Namespace) -> None:
     from ketchup import stages
 
     stages.tokenizer(task=args.task, data_dir=args.data, prompt=args.prompt, vocab_size=args.vocab_size,
-                     out_dir=args.out, calculator=args.calculator)
+                     out_dir=args.out, calculator=args.calculator, sentinels=args.sentinels)
 
 
 def _teacher(args: argparse.Namespace) -> None:
@@ -121,6 +127,17 @@ def _teacher(args: argparse.Namespace) -> None:
 
     stages.teacher(spec=args.spec, data_dir=args.data, tokenizer_dir=args.tokenizer, ckpt_dir=args.checkpoints,
                    out_dir=args.out)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from ketchup import specs
+
+    specs.check_pretrain(args.spec)
+    import_quietly(*MODEL_MODULES)
+    from ketchup import stages
+
+    stages.pretrain(spec=args.spec, data_path=args.data, tokenizer_dir=args.tokenizer, ckpt_dir=args.checkpoints,
+                    out_dir=args.out)
 
 
 def _generate(args: argparse.Namespace) -> None:

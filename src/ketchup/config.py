@@ -47,6 +47,7 @@ OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
+PRETRAIN_DEFAULTS = schema_defaults("$defs", "pretrain")
 
 
 class ConfigError(ValueError):
@@ -131,6 +132,20 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if cut is not None and set(cut) != layer_keys:
             raise ConfigError(f"config key 'students.{name}.from_teacher': a {config['architecture']} student "
                               f"cut from the teacher lists {sorted(layer_keys)} (got {sorted(cut)})")
+    if "pretrain" in config["teacher"]["model"]:
+        raise ConfigError("config key 'teacher.model.pretrain': only students are pretrained")
+    for name, student in config["students"].items():
+        if "pretrain" not in student:
+            continue
+        if "config" not in student:
+            how = "loaded (name_or_path)" if "name_or_path" in student else "cut from the teacher (from_teacher)"
+            raise ConfigError(f"config key 'students.{name}.pretrain': only a student built from config is "
+                              f"pretrained; this one is {how} and starts from those weights")
+        held_out = pretrain_settings(config, name)["dev_examples"]
+        for task_name, task in config["tasks"].items():
+            if isinstance(task.get("n_train"), int) and held_out >= task["n_train"]:
+                raise ConfigError(f"config key 'students.{name}.pretrain.dev_examples': {held_out} held-out examples "
+                                  f"leave none of the {task['n_train']} of tasks.{task_name}.n_train to pretrain on")
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -188,6 +203,18 @@ def teacher_settings(config: dict[str, Any], task: str | None = None) -> dict[st
     if task is not None:
         settings.update(config["tasks"][task].get("teacher_train", {}))
     return settings
+
+
+def pretrain_settings(config: dict[str, Any], student: str) -> dict[str, Any]:
+    """A student size's pretrain block (defaults < students.<student>.pretrain)."""
+    return {**PRETRAIN_DEFAULTS, **config["students"][student]["pretrain"]}
+
+
+def pretrain_optim(pretrain: dict[str, Any]) -> dict[str, Any]:
+    """The training loop's settings for a (filled) pretrain block: its own keys, the optimiser's
+    defaults for the rest (a constant rate after warmup, gradients clipped at 1)."""
+    return {**OPTIM_DEFAULTS, "max_steps": pretrain["steps"],
+            **{k: pretrain[k] for k in ("lr", "batch_size", "warmup_steps", "eval_every", "checkpoint_every")}}
 
 
 def rl_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,16 @@ def teacher_checkpoints(task: str) -> str:
     return f"{RESULTS}/checkpoints/teacher/{task}"
 
 
+def pretrained_model(task: str, student: str) -> str:
+    """A student size pretrained on the task's text: where its methods that start from the student
+    as built start (workflow/rules/pretrain.smk)."""
+    return f"{RESULTS}/models/pretrained/{task}/{student}"
+
+
+def pretrained_checkpoints(task: str, student: str) -> str:
+    return f"{RESULTS}/checkpoints/pretrained/{task}/{student}"
+
+
 def teacher_outputs_dir(task: str) -> str:
     return f"{RESULTS}/teacher_outputs/{task}"
 

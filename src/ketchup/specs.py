@@ -10,10 +10,13 @@ from typing import Any
 
 from ketchup import registry
 from ketchup.config import ConfigError
+from ketchup.span_corruption import noise_counts
 
 STUDENT_KEYS = ("task", "arch", "student", "method", "model", "train", "generation", "seed",
                 "max_source_length", "max_target_length")
 TEACHER_KEYS = ("task", "arch", "model", "train", "generation", "seed", "max_source_length", "max_target_length")
+PRETRAIN_KEYS = ("task", "arch", "student", "model", "pretrain", "calculator", "seed", "max_source_length",
+                 "max_target_length")
 
 
 def _require(spec: dict[str, Any], keys: tuple[str, ...], stage: str) -> None:
@@ -38,7 +41,30 @@ def check_student(spec: dict[str, Any], init: str | None) -> None:
                           f"give it with --init (RL from random weights is not a run of the paper)")
     if method.family == "rl" and "rl" not in spec:
         raise ConfigError(f"student --spec: method {method.name!r} needs the 'rl' settings block")
+    if "pretrain" in spec["model"] and not method.starts_from and not init:
+        raise ConfigError(f"student: students.{spec['student']} is pretrained (its pretrain block); give the "
+                          "pretrained model with --init")
 
 
 def check_teacher(spec: dict[str, Any]) -> None:
     _require(spec, TEACHER_KEYS, "teacher")
+
+
+def check_pretrain(spec: dict[str, Any]) -> None:
+    _require(spec, PRETRAIN_KEYS, "pretrain")
+    if "config" not in spec["model"]:
+        raise ConfigError(f"config key 'students.{spec['student']}.pretrain': only a student built from config "
+                          "is pretrained")
+
+
+def check_sentinels(spec: dict[str, Any], available: int) -> None:
+    """A seq2seq pretrain spec's longest document (max(max_source_length, max_target_length) - 1
+    tokens) corrupts into no more spans than the tokenizer has sentinel tokens."""
+    length = max(spec["max_source_length"], spec["max_target_length"]) - 1
+    pretrain = spec["pretrain"]
+    spans = noise_counts(length, pretrain["noise_density"], pretrain["mean_span_length"])[1]
+    if spans > available:
+        raise ConfigError(f"config key 'students.{spec['student']}.pretrain': span corruption of a {length}-token "
+                          f"document of {spec['task']} (tasks.{spec['task']}.max_source_length / max_target_length) "
+                          f"makes {spans} spans, more than the tokenizer's {available} sentinel tokens; raise "
+                          "mean_span_length, lower noise_density or shorten the task's lengths")

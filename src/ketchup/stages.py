@@ -23,10 +23,11 @@ def data(*, task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
 
-def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False) -> None:
+def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False,
+              sentinels: int = 0) -> None:
     from ketchup.tokenizer import build
 
-    build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir)
+    build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir, sentinels)
 
 
 def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,
@@ -83,14 +84,10 @@ def _save_untrained(model, tok, out_dir: str, summary: dict[str, Any]) -> None:
 def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
     """Fine-tune the teacher on the task's ground truth; keep the dev-best checkpoint."""
     from ketchup.methods import Objective
-    from ketchup.models import load_tokenizer, prepare_tokenizer
     from ketchup.training import TrainData, train
 
     task, arch = spec["task"], spec["arch"]
-    # Prompt format, EOS and padding are fixed here, in the tokenizer saved with the teacher that
-    # every later stage loads (models.prepare_tokenizer).
-    tok = prepare_tokenizer(load_tokenizer(tokenizer_dir, spec.get("tokenizer_gguf_file")), arch,
-                            spec.get("prompt_format", "chat"))
+    tok = _task_tokenizer(spec, tokenizer_dir)
     calc = spec["generation"].get("calculator", False)
     train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"], calc)
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
@@ -107,6 +104,46 @@ def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir
           spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate, ckpt_dir=ckpt_dir, out_dir=out_dir,
           max_source_length=spec["max_source_length"], max_target_length=spec["max_target_length"],
           run_info={"name": f"teacher/{task}", "task": task, "role": "teacher"}, identity=identity)
+
+
+def _task_tokenizer(spec: dict[str, Any], tokenizer_dir: str):
+    """The task's tokenizer as every model of it uses it: prompt format, EOS and padding are fixed here
+    (models.prepare_tokenizer), for the teacher, whose saved tokenizer every later stage loads, and
+    for the pretrained students, which must match it."""
+    from ketchup.models import load_tokenizer, prepare_tokenizer
+
+    return prepare_tokenizer(load_tokenizer(tokenizer_dir, spec.get("tokenizer_gguf_file")), spec["arch"],
+                             spec.get("prompt_format", "chat"))
+
+
+def pretrain(*, spec: dict[str, Any], data_path: str, tokenizer_dir: str, ckpt_dir: str, out_dir: str) -> None:
+    """Task-adaptive pretraining of one student size (task, size) on the task's training text
+    (ketchup.pretraining): seq2seq by span corruption, decoder-only by next-token prediction, both
+    supervised pairs for the one training loop's 'sft' objective. The model kept is the one with the
+    lowest loss on the held-out examples' documents (the loop's dev metric is minus that loss)."""
+    from ketchup import pretraining, specs
+    from ketchup.config import pretrain_optim
+    from ketchup.methods import Objective
+    from ketchup.training import train
+
+    task, arch, student, settings = spec["task"], spec["arch"], spec["student"], spec["pretrain"]
+    tok = _task_tokenizer(spec, tokenizer_dir)
+    examples = sources.examples(task, data_path, "", spec["calculator"])  # raw text: no task prompt
+    kept, held = pretraining.hold_out(examples, settings["dev_examples"], spec["seed"],
+                                      f"students.{student}.pretrain.dev_examples")
+    if arch == "seq2seq":
+        specs.check_sentinels(spec, len(pretraining.sentinel_ids(tok)))
+    length = max(spec["max_source_length"], spec["max_target_length"])  # of a document, EOS included
+    data_, dev = (pretraining.pairs(tok, arch, pretraining.documents(part), settings, spec["seed"], stream,
+                                    spec["max_source_length"], length)
+                  for part, stream in ((kept, pretraining.TRAIN_STREAM), (held, pretraining.DEV_STREAM)))
+    model = _build_or_load(spec, spec["model"], tok, f"students.{student}").to(compute_device())
+    objective = Objective("sft", arch, tok)
+    train(model, tok, objective, data_, pretrain_optim(settings), arch=arch, seed=spec["seed"],
+          evaluate=pretraining.heldout_loss(objective, dev, tok.pad_token_id, arch, settings["batch_size"]),
+          ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"], max_target_length=length,
+          run_info={"name": f"pretrain/{task}/{student}", "task": task, "student": student, "role": "pretrain"},
+          identity=run_identity(spec, {"train": data_path, "tokenizer": tokenizer_dir}))
 
 
 def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> dict[str, Any]:
@@ -145,7 +182,10 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
 
     task, arch, method = spec["task"], spec["arch"], spec["method"]
     tok = load_tokenizer(teacher_dir)
-    if init_dir:  # RL students start from the KL student of the same task, size and seed
+    # RL students start from the KL student of the same task, size and seed; the others of a size
+    # with a pretrain block from its pretrained model.
+    if init_dir:
+        print(f"student {task}/{spec['student']}/{method}: starting from {init_dir}", file=sys.stderr)
         model = load_model(arch, init_dir).to(compute_device())
     elif "from_teacher" in spec["model"]:  # the saved (plain float) teacher, cut down
         model = cut_from_teacher(load_model(arch, teacher_dir), arch, spec["model"]["from_teacher"],

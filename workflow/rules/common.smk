@@ -7,7 +7,8 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, paths, registry, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
 
@@ -58,6 +59,7 @@ SEEDS = config["seeds"]
 DATA_SEED = config.get("data_seed", 0)
 SPLITS = ["train", "dev", "test"]
 TRAINED_METHODS = [m for m in METHODS if m in registry.TRAINED_METHODS]
+PRETRAINED = [s for s in STUDENTS if "pretrain" in config["students"][s]]  # sizes with a pretrain block
 
 
 wildcard_constraints:
@@ -170,12 +172,62 @@ def tokenizer_input(wildcards):
     return [paths.tokenizer(wildcards.task)] if config["tokenizer"]["kind"] == "train" else []
 
 
+# Pretraining (workflow/rules/pretrain.smk): one model per task and student size with a pretrain
+# block, on the data seed; every method of that size not starting from another run starts from it.
+
+
+def pretrain_spec_of(task, student):
+    src_len, tgt_len = lengths(task)
+    return {
+        "task": task,
+        "arch": ARCH,
+        "student": student,
+        "model": {k: v for k, v in config["students"][student].items() if k != "pretrain"},
+        "pretrain": kconfig.pretrain_settings(config, student),
+        "calculator": kconfig.calculator_on(config, task),
+        "tokenizer_gguf_file": tokenizer_gguf_file(),
+        "prompt_format": config.get("prompt_format", "chat"),
+        "seed": DATA_SEED,
+        "max_source_length": src_len,
+        "max_target_length": tgt_len,
+    }
+
+
+def pretrain_spec(wildcards):
+    if wildcards.student not in PRETRAINED:
+        raise WorkflowError(f"students.{wildcards.student} has no pretrain block: nothing to pretrain")
+    return as_json(pretrain_spec_of(wildcards.task, wildcards.student))
+
+
+def tokenizer_sentinels():
+    """Sentinel tokens the trained tokenizers need: span corruption of seq2seq students (pretrain)."""
+    return SENTINELS if ARCH == "seq2seq" and PRETRAINED else 0
+
+
+def check_sentinels():
+    """Too few sentinels for a task's longest document stops the DAG build, naming
+    students.<size>.pretrain (a pretrained tokenizer's sentinels are counted by the pretrain job)."""
+    if not tokenizer_sentinels() or config["tokenizer"]["kind"] != "train":
+        return
+    try:
+        for task in TASKS:
+            for student in PRETRAINED:
+                kspecs.check_sentinels(pretrain_spec_of(task, student), SENTINELS)
+    except kconfig.ConfigError as exc:
+        raise WorkflowError(str(exc))
+
+
+check_sentinels()
 
 
 def student_init(wildcards):
+    """The model a run starts from: the registry's starts_from run (RL: the KL student), else the
+    size's pretrained model when it has a pretrain block, else none (built from its spec)."""
     start = registry.get(method_and_k(wildcards.method, wildcards.task)[0]).starts_from
     if start:
         return paths.student_model(wildcards.task, wildcards.student, start, wildcards.seed)
+    if wildcards.student in PRETRAINED:
+        return paths.pretrained_model(wildcards.task, wildcards.student)
     return []
 
 

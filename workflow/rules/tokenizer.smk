@@ -1,4 +1,5 @@
 # A BPE tokenizer trained on the task's train split (default config); paper configs use the teacher's.
+# With seq2seq students to pretrain, it ends with the sentinel tokens of span corruption.
 
 
 rule tokenizer:
@@ -11,6 +12,7 @@ rule tokenizer:
         vocab_size=config["tokenizer"].get("vocab_size", 1000),
         datadir=lambda wildcards: paths.data_dir(wildcards.task),
         calculator=lambda wildcards: "--calculator" if kconfig.calculator_on(config, wildcards.task) else "",
+        sentinels=f"--sentinels {tokenizer_sentinels()}" if tokenizer_sentinels() else "",
     log:
         "results/logs/tokenizer/{task}.log",
     benchmark:
@@ -19,4 +21,4 @@ rule tokenizer:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} {params.calculator} --out {output} > {log} 2>&1"
+        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} {params.calculator} {params.sentinels} --out {output} > {log} 2>&1"
