@@ -150,7 +150,7 @@ def test_method_names_agree_everywhere(monkeypatch):
     common = (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert "method=registry.run_pattern()" in common
     for path in [REPO_ROOT / "config.yaml", *PAPER_CONFIGS]:
-        config = yaml.safe_load(path.read_text())
+        config = kconfig.read(path)
         assert config["methods"] == methods, path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
         overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS]
