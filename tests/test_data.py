@@ -79,21 +79,70 @@ def test_gsm8k_answers_are_right():
         assert [(int(x), int(y)) for x, _, y, _, _ in calcs] == [(a, b), (a + b, c)]
 
 
-def test_xsum_summary_facts_are_in_the_document():
-    s_re = re.compile(r"^(\w+) (\w+) (.+) in (\w+) on (\w+)\.$")
+def xsum_events(document: str) -> list[dict[str, str]]:
+    """The event sentences of a synthetic xsum document, each parsed into its person's facts."""
+    events = []
+    for sentence in document.split("\n"):
+        matches = [(doc, para) for doc, para in synthetic.EVENTS if doc in sentence]
+        if not matches:
+            continue
+        assert len(matches) == 1, sentence
+        words = set(sentence.rstrip(".").split())
+        [name], [role], [place], [day] = (sorted(words & set(vocab)) for vocab in
+                                          (synthetic.NAMES, synthetic.ROLES, synthetic.PLACES, synthetic.DAYS))
+        doc, para = matches[0]
+        events.append(dict(name=name, role=role, place=place, day=day, doc=doc, paraphrase=para, sentence=sentence))
+    return events
+
+
+def test_xsum_summary_is_the_salient_event_paraphrased_with_one_detail():
+    details, salient_positions, mention_first = [], set(), 0
     for rec in synthetic.generate("xsum", "dev", 300, seed=2):
-        m = s_re.match(rec["summary"])
-        assert m, rec["summary"]
-        name, verb, obj, place, day = m.groups()
-        doc_words = set(rec["document"].replace(".", " ").split())
-        assert {name, place, day} <= doc_words, (rec["summary"], rec["document"])
-        assert f"{verb} {obj}" in rec["document"]
-        assert (verb, obj) in synthetic.EVENTS
-        assert day in synthetic.DAYS and place in synthetic.PLACES and name in synthetic.NAMES
-        # The summary is shorter than the document it summarises; the lead is sentence 2 of 2 to 4.
-        sentences = rec["document"].split("\n")
-        assert 2 <= len(sentences) <= 4 and f"{verb} {obj}" in sentences[1]
-        assert len(rec["summary"]) < len(rec["document"])
+        doc, summary = rec["document"], rec["summary"]
+        words = doc.replace(".", " ").split()
+        events = xsum_events(doc)
+        # Distractors: two or three events, each about a different person.
+        assert 2 <= len(events) <= 3 and len({e["name"] for e in events}) == len(events), doc
+        # Exactly one event's person and topic come back in another sentence: that event is the summary's.
+        salient = [e for e in events if words.count(e["name"]) == 2]
+        assert len(salient) == 1, doc
+        (s,) = salient
+        assert all(words.count(e["name"]) == 1 for e in events if e is not s), doc
+        topic = s["doc"].split()[-1]
+        assert words.count(topic) == 2 and all(words.count(e["doc"].split()[-1]) == 1 for e in events if e is not s)
+        mention = next(x for x in doc.split("\n") if s["name"] in x and x != s["sentence"])
+        assert topic in mention.replace(".", " ").split(), mention
+        sentences = doc.split("\n")
+        mention_first += sentences.index(mention) == 0
+        assert sentences.index(mention) == 0 or sentences.index(mention) > max(sentences.index(e["sentence"])
+                                                                             for e in events), doc
+        salient_positions.add(events.index(s))
+        # Paraphrase: the summary tells the salient event in other words than the document.
+        assert summary.startswith(s["name"] + " "), (summary, doc)
+        assert s["paraphrase"] in summary and s["paraphrase"] not in doc and s["doc"] not in summary
+        # One detail (the salient person's role, place or day), which the document does not predict.
+        kind = [k for k in ("role", "place", "day") if s[k] in summary.rstrip(".").split()]
+        assert len(kind) == 1, (summary, s)
+        assert summary == synthetic.DETAILS[kind[0]].format(event=s["paraphrase"], **s)
+        details.append(kind[0])
+        assert len(summary.split()) < len(words) / 3
+    assert salient_positions == {0, 1, 2}  # position in the document is no shortcut
+    assert 100 < mention_first < 200  # a lead before the events about half the time, else a reaction after
+    assert all(60 < details.count(k) < 140 for k in synthetic.DETAILS), details
+
+
+def test_xsum_lexicon_paraphrases_and_topics_are_distinct():
+    docs = [doc for doc, _ in synthetic.EVENTS]
+    topics = [doc.split()[-1] for doc in docs]
+    assert len(set(topics)) == len(topics)
+    for doc, para in synthetic.EVENTS:
+        assert doc.split()[0] != para.split()[0], (doc, para)  # another verb
+    # No other sentence of a document can repeat a topic and make a distractor look salient.
+    other_text = " ".join(synthetic.FILLER + synthetic.SPOTS + synthetic.ADJS + synthetic.EVENT_SENTENCES
+                          + synthetic.LEADS + synthetic.REACTIONS).replace(".", " ").split()
+    assert not set(topics) & set(other_text)
+    for topic in topics:
+        assert sum(topic in doc.split() for doc in docs) == 1
 
 
 def test_en_nl_word_order_and_lexicon():

@@ -1,9 +1,11 @@
 """Seeded synthetic tasks shaped like the paper's, emitting the hub datasets' record schemas.
 
-They are small and regular enough that a tiny model learns them on a CPU in a minute, yet each
-needs what the real task needs: picking the salient facts out of a longer document (xsum),
-lexical translation with Dutch word order and inflection (en_nl), and multi-step arithmetic with a
-worked solution ending in ``#### <number>`` (gsm8k).
+They are small and regular enough that a tiny model learns them on a CPU in minutes, yet each
+needs what the real task needs: content selection and paraphrase (xsum: which of several events is
+the one the document comes back to, told in other words, with one detail a single reference picks
+at random, so that even a perfect model stays near 80 ROUGE-1 as real references keep models well
+below 100), lexical translation with Dutch word order and inflection (en_nl), and multi-step
+arithmetic with a worked solution ending in ``#### <number>`` (gsm8k).
 """
 
 from __future__ import annotations
@@ -16,15 +18,40 @@ NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Finn", "Greta", "Hugo", "Ines
 ROLES = ["teacher", "farmer", "doctor", "singer", "builder", "pilot", "baker", "writer"]
 PLACES = ["Leeds", "Bristol", "Cardiff", "Dundee", "Exeter", "Glasgow", "Hull", "York", "Bath", "Derby"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-EVENTS = [  # (past verb, object)
-    ("opened", "a new library"), ("won", "the local election"), ("rescued", "a stranded dog"),
-    ("repaired", "the old bridge"), ("founded", "a small charity"), ("sold", "the family farm"),
-    ("painted", "a giant mural"), ("closed", "the town market"), ("launched", "a bus service"),
-    ("planted", "a community garden"), ("built", "a wooden boat"), ("found", "a rare coin"),
+# (document's verb phrase, the summary's paraphrase of it): the summary never copies the event.
+# The phrase's last word is its topic, which no other event and no filler uses.
+EVENTS = [
+    ("opened a new library", "unveiled a library"),
+    ("won the local election", "was elected to the council"),
+    ("rescued a stranded dog", "saved a trapped dog"),
+    ("repaired the old bridge", "fixed an ageing bridge"),
+    ("founded a small charity", "set up a charity"),
+    ("sold the family farm", "gave up the farm"),
+    ("painted a giant mural", "created a huge artwork"),
+    ("closed the town market", "shut down the market"),
+    ("launched a bus service", "started a bus route"),
+    ("planted a community garden", "grew a shared garden"),
+    ("built a wooden boat", "made a timber boat"),
+    ("found a rare coin", "discovered an unusual coin"),
+    ("cancelled the summer festival", "called off the festival"),
+    ("restored the village church", "renovated the church"),
+    ("ran the city marathon", "completed the marathon"),
+    ("wrote a best-selling novel", "published a hit book"),
 ]
+# Every event sentence names its person's role, place and day; the event follows the name.
+EVENT_SENTENCES = [
+    "On {day} , {role} {name} {event} in {place}.",
+    "In {place} , {role} {name} {event} on {day}.",
+    "{place} {role} {name} {event} on {day}.",
+]
+# The salient event is the one whose person and topic the document mentions a second time: in a lead
+# before the events (XSum's teaser) or in a reaction after them; its position among the events is
+# random. (With the person alone, the tiny teacher found the person but not which event was theirs.)
+LEADS = ["{name} and the {topic} made the news this week.", "All eyes were on {name} and the {topic}."]
+REACTIONS = ["{name} said the {topic} made it a proud day.", "Friends of {name} were proud of the {topic}."]
 FILLER = [
     "The weather was {adj} for most of the day.",
-    "Local residents said they had not expected {it}.",
+    "Local residents said they had not expected it.",
     "A spokesperson for the council declined to comment.",
     "Several people gathered near the {spot} to watch.",
     "{other} , who lives nearby , said the news was {adj}.",
@@ -33,27 +60,33 @@ FILLER = [
     "More details are expected to be released next week.",
 ]
 ADJS = ["cold", "warm", "surprising", "welcome", "quiet", "busy"]
-SPOTS = ["square", "station", "harbour", "park", "church"]
+SPOTS = ["square", "station", "harbour", "park", "pier"]
+# The summary adds one detail of the salient event, chosen at random: like a single human reference,
+# nothing in the document says which, so no model can score full marks.
+DETAILS = {"role": "{name} the {role} {event}.", "place": "{name} {event} in {place}.",
+           "day": "{name} {event} on {day}."}
 
 
 def xsum_record(rng: random.Random, idx: int) -> dict[str, Any]:
-    """One-sentence summary of who did what, where and when, hidden in a longer document."""
-    name, role, place, day = rng.choice(NAMES), rng.choice(ROLES), rng.choice(PLACES), rng.choice(DAYS)
-    verb, obj = rng.choice(EVENTS)
-    other = rng.choice([n for n in NAMES if n != name])
-    lead = rng.choice([
-        f"On {day} , {name} , a {role} from {place} , {verb} {obj}.",
-        f"{name} , a {role} , {verb} {obj} in {place} on {day}.",
-        f"A {role} called {name} {verb} {obj} on {day} in {place}.",
-    ])
-    fillers = [f.format(adj=rng.choice(ADJS), it="it", spot=rng.choice(SPOTS), other=other)
-               for f in rng.sample(FILLER, rng.randint(1, 3))]
-    sentences = fillers[:1] + [lead] + fillers[1:]
-    return {
-        "document": "\n".join(sentences),
-        "summary": f"{name} {verb} {obj} in {place} on {day}.",
-        "id": f"synth-xsum-{idx}",
-    }
+    """A few events about different people; the summary paraphrases the one the document returns to."""
+    n_events = rng.randint(2, 3)
+    names = rng.sample(NAMES, n_events + 1)  # the last is a bystander a filler may quote
+    events = rng.sample(EVENTS, n_events)
+    facts = [dict(name=n, role=rng.choice(ROLES), place=rng.choice(PLACES), day=rng.choice(DAYS))
+             for n in names[:n_events]]
+    body = [rng.choice(EVENT_SENTENCES).format(event=doc, **f) for (doc, _), f in zip(events, facts)]
+    salient = rng.randrange(n_events)
+    (doc, paraphrase), person = events[salient], facts[salient]
+    mention = dict(name=person["name"], topic=doc.split()[-1])
+    if rng.random() < 0.5:
+        sentences = [rng.choice(LEADS).format(**mention)] + body
+    else:
+        sentences = body + [rng.choice(REACTIONS).format(**mention)]
+    for filler in rng.sample(FILLER, rng.randint(1, 2)):  # never first, where a lead goes
+        text = filler.format(adj=rng.choice(ADJS), spot=rng.choice(SPOTS), other=names[-1])
+        sentences.insert(rng.randint(1, len(sentences)), text)
+    summary = DETAILS[rng.choice(list(DETAILS))].format(event=paraphrase, **person)
+    return {"document": "\n".join(sentences), "summary": summary, "id": f"synth-xsum-{idx}"}
 
 
 # English -> Dutch lexicon; Dutch nouns carry their article (de/het), adjectives inflect with -e
