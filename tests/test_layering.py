@@ -59,3 +59,27 @@ def test_every_subcommand_names_its_function(module):
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [name for name, p in sub.choices.items() if not callable(p.get_default("func"))]
     assert sub.choices and not missing
+
+
+def test_dag_build_imports_stay_light():
+    """What common.smk imports while Snakemake builds the DAG (every snakemake call, dry runs and
+    --lint included) loads neither torch, transformers nor numpy."""
+    import re
+    import subprocess
+    import sys
+
+    common = (PACKAGE.parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    modules = set()
+    for line in common.splitlines():
+        if match := re.match(r"from (ketchup[\w.]*) import (.*?)\s*(#.*)?$", line):
+            package, names = match.group(1), match.group(2)
+            for name in names.split(","):
+                name = name.strip().split(" as ")[0]
+                modules.add(f"{package}.{name}" if package == "ketchup" else package)
+    assert "ketchup.span_corruption" in modules and "ketchup.specs" in modules
+    code = ("import importlib, sys\n"
+            f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
+            "print(sorted(h for h in ('torch', 'transformers', 'numpy') if h in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]", out.stdout

@@ -8,9 +8,10 @@ objective of seq2seq students (``ketchup.pretraining``). Pure and seeded; numpy 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where masks are drawn: the config checks at DAG build read only
+    import numpy as np  # SENTINELS and noise_counts, and every Snakemake start would pay for it
 
 # Sentinel tokens added to the tokenizers this project trains for seq2seq students that are
 # pretrained (ketchup.tokenizer). At T5's noise density 0.15 and mean span length 3, a sequence of
@@ -43,6 +44,8 @@ def _random_segmentation(n_items: int, n_segments: int, rng: np.random.Generator
     """Lengths (each >= 1, summing to ``n_items``) of a uniformly random split of ``n_items`` ordered
     items into ``n_segments`` runs: a segment starts at a shuffled choice of n_segments - 1 of the
     n_items - 1 gaps (T5's ``_random_segmentation``)."""
+    import numpy as np
+
     starts = np.concatenate([[0], rng.permutation(np.arange(n_items - 1) < n_segments - 1)])
     return np.bincount(np.cumsum(starts), minlength=n_segments)
 
@@ -56,6 +59,8 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span_length:
     sequence shorter than 2 is masked as one of length 2 and cut (one token: no noise)."""
     if length == 0:
         return []
+    import numpy as np
+
     noise, spans = noise_counts(length, noise_density, mean_span_length)
     rng = np.random.default_rng(seed)
     noise_lengths = _random_segmentation(noise, spans, rng)
