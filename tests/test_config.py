@@ -342,6 +342,7 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
     assert kconfig.PRETRAIN_DEFAULTS == {"steps": 1000, "lr": 1e-3, "batch_size": 32, "warmup_steps": 100,
                                          "noise_density": 0.15, "mean_span_length": 3.0,  # T5's
                                          "eval_every": 100, "checkpoint_every": 100, "dev_examples": 100}
+    assert kconfig.TOKENIZER_DEFAULTS == {"vocab_size": 1000}
     from ketchup.analysis import settings
     from ketchup.judge.config import JudgeConfig
 

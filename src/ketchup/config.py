@@ -48,6 +48,7 @@ GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
 PRETRAIN_DEFAULTS = schema_defaults("$defs", "pretrain")
+TOKENIZER_DEFAULTS = schema_defaults("properties", "tokenizer")
 
 
 class ConfigError(ValueError):
@@ -203,6 +204,10 @@ def teacher_settings(config: dict[str, Any], task: str | None = None) -> dict[st
     if task is not None:
         settings.update(config["tasks"][task].get("teacher_train", {}))
     return settings
+
+
+def tokenizer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {**TOKENIZER_DEFAULTS, **config["tokenizer"]}
 
 
 def pretrain_settings(config: dict[str, Any], student: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ rule tokenizer:
         directory(paths.tokenizer("{task}")),
     params:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
-        vocab_size=config["tokenizer"].get("vocab_size", 1000),
+        vocab_size=kconfig.tokenizer_settings(config)["vocab_size"],
         datadir=lambda wildcards: paths.data_dir(wildcards.task),
         calculator=lambda wildcards: "--calculator" if kconfig.calculator_on(config, wildcards.task) else "",
         sentinels=f"--sentinels {tokenizer_sentinels()}" if tokenizer_sentinels() else "",
