@@ -43,13 +43,11 @@ def sweep_spec():
 
 def grad_variance_spec(wildcards):
     gv = ANALYSIS["grad_variance"]
-    src_len, tgt_len = lengths(wildcards.task)
     return as_json(
         {
-            "task": wildcards.task,
+            **task_spec(wildcards.task),
             "student": wildcards.student,
             "seed": int(wildcards.seed),
-            "arch": ARCH,
             "ks": asettings.grad_variance_ks(config, wildcards.task),
             "rl": kconfig.rl_settings(config),
             "n_minibatches": gv["n_minibatches"],
@@ -58,8 +56,6 @@ def grad_variance_spec(wildcards):
             "resamples": gv["resamples"],
             "confidence": gv["confidence"],
             "projection_dim": gv["projection_dim"],
-            "max_source_length": src_len,
-            "max_target_length": tgt_len,
             "calculator": kconfig.calculator_on(config, wildcards.task),
         }
     )

@@ -95,22 +95,28 @@ def lengths(task):
     return kconfig.task_lengths(config, task)
 
 
+def task_spec(task):
+    """What every training stage's spec holds of its task: name, architecture and lengths."""
+    src_len, tgt_len = lengths(task)
+    return {"task": task, "arch": ARCH, "max_source_length": src_len, "max_target_length": tgt_len}
+
+
+def tokenizer_spec():
+    """How the stages that load the tokenizer from its source (teacher, pretrain) prepare it."""
+    return {"tokenizer_gguf_file": tokenizer_gguf_file(), "prompt_format": config.get("prompt_format", "chat")}
+
+
 def teacher_spec(wildcards):
-    src_len, tgt_len = lengths(wildcards.task)
     return as_json(
         {
-            "task": wildcards.task,
-            "arch": ARCH,
+            **task_spec(wildcards.task),
+            **tokenizer_spec(),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "model": config["teacher"]["model"],
-            "tokenizer_gguf_file": tokenizer_gguf_file(),
-            "prompt_format": config.get("prompt_format", "chat"),
             "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": DATA_SEED,
-            "max_source_length": src_len,
-            "max_target_length": tgt_len,
         }
     )
 
@@ -121,12 +127,10 @@ def method_and_k(method, task):
 
 
 def student_spec(wildcards):
-    src_len, tgt_len = lengths(wildcards.task)
     method, k = method_and_k(wildcards.method, wildcards.task)
     return as_json(
         {
-            "task": wildcards.task,
-            "arch": ARCH,
+            **task_spec(wildcards.task),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "student": wildcards.student,
             "method": method,
@@ -136,8 +140,6 @@ def student_spec(wildcards):
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),
-            "max_source_length": src_len,
-            "max_target_length": tgt_len,
         }
     )
 
@@ -177,19 +179,14 @@ def tokenizer_input(wildcards):
 
 
 def pretrain_spec_of(task, student):
-    src_len, tgt_len = lengths(task)
     return {
-        "task": task,
-        "arch": ARCH,
+        **task_spec(task),
+        **tokenizer_spec(),
         "student": student,
         "model": {k: v for k, v in config["students"][student].items() if k != "pretrain"},
         "pretrain": kconfig.pretrain_settings(config, student),
         "calculator": kconfig.calculator_on(config, task),
-        "tokenizer_gguf_file": tokenizer_gguf_file(),
-        "prompt_format": config.get("prompt_format", "chat"),
         "seed": DATA_SEED,
-        "max_source_length": src_len,
-        "max_target_length": tgt_len,
     }
 
 
