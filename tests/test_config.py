@@ -336,7 +336,8 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
     assert kconfig.OPTIM_DEFAULTS == {"lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "max_steps": None,
                                       "batch_size": 16, "grad_accum": 1, "warmup_steps": 0, "lr_schedule": "constant",
                                       "max_grad_norm": 1.0, "eval_every": 100, "dev_eval_examples": 100, "checkpoint_every": 50,
-                                      "mixed_precision": "no", "gradient_checkpointing": False}
+                                      "mixed_precision": "no", "gradient_checkpointing": False,
+                                      "group_by_length": False}
     assert kconfig.GENERATION_DEFAULTS == {"batch_size": 32, "num_beams": 1}
     assert kconfig.LENGTH_DEFAULTS == {"max_source_length": 512, "max_target_length": 128}
     assert kconfig.PRETRAIN_DEFAULTS == {"steps": 1000, "lr": 1e-3, "batch_size": 32, "warmup_steps": 100,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ketchup import checkpoints, stages
 from ketchup.config import GENERATION_DEFAULTS, OPTIM_DEFAULTS, RL_DEFAULTS
@@ -270,3 +271,57 @@ def test_linear_schedule_decays_to_zero_at_the_last_step(world, tmp_path):
     assert lrs == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
     constant = [r["lr"] for r in _run(world, _spec(train={"lr": 1e-3}), tmp_path / "c")["metrics"] if "lr" in r]
     assert constant == pytest.approx([1e-3] * 4)
+
+
+# --- train.group_by_length -------------------------------------------------------------------------
+
+def _padded_tokens(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouped_epoch_holds_every_example_once_and_pads_less():
+    from ketchup.training import _micro_batch_indices
+
+    lengths = tuple((i * 7919) % 61 + 3 for i in range(1000))  # varied lengths, no order in the index
+    grouped = _micro_batch_indices(1000, 16, 0, 0, lengths)
+    plain = _micro_batch_indices(1000, 16, 0, 0)
+    assert sorted(i for b in grouped for i in b) == list(range(1000))
+    assert [len(b) for b in grouped].count(16) == 62 and sorted(len(b) for b in grouped)[0] == 8
+    # a random micro-batch of 16 pads to near the longest (63): grouping cuts most of that
+    assert _padded_tokens(grouped, lengths) < 0.75 * _padded_tokens(plain, lengths)
+    # seeded per (seed, epoch), and the micro-batches come in no length order (no long-to-short ramp)
+    assert grouped == _micro_batch_indices(1000, 16, 0, 0, lengths)
+    assert grouped != _micro_batch_indices(1000, 16, 0, 1, lengths) != _micro_batch_indices(1000, 16, 1, 0, lengths)
+    # Hugging Face's order alone falls from long to short within each mega-batch (rises at 4 places)
+    longest = [max(lengths[i] for i in b) for b in grouped]
+    assert sum(b > a for a, b in zip(longest, longest[1:])) > 20
+
+
+def test_group_by_length_off_keeps_the_plain_shuffle():
+    from ketchup.training import _micro_batch_indices
+
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(2 * 100_003 + 3)).tolist()
+    assert _micro_batch_indices(50, 8, 2, 3) == [order[i: i + 8] for i in range(0, 50, 8)]
+
+
+def test_token_data_lengths_count_source_and_target():
+    from ketchup.training import TrainData
+
+    tok = train_tokenizer(["a b c d", "e f"], 60)
+    data = TrainData(["a b c d", "e f"], ["e", "a b"]).encode(tok, "seq2seq", 32, 16)
+    assert data.lengths() == tuple(len(s) + len(t) for s, t in (data.pair(0, 0), data.pair(1, 0)))
+    assert data.lengths()[0] > data.lengths()[1]
+
+
+def test_group_by_length_changes_the_batches_and_resumes_to_the_same_numbers(world, tmp_path, capsys):
+    grouped = _spec(train={"group_by_length": True})
+    first = _run(world, grouped, tmp_path / "fresh")
+    assert first["metrics"] != _run(world, _spec(), tmp_path / "plain")["metrics"]
+    run = tmp_path / "run"
+    _run(world, grouped, run)
+    last = run / "ckpt" / "last" / "optimizer.bin"
+    last.write_bytes(last.read_bytes()[:10])  # the newest checkpoint is lost: resume from step 2
+    capsys.readouterr()
+    rerun = _run(world, grouped, run)
+    assert "resuming from step 2 of 4" in capsys.readouterr().err
+    _same(rerun, first)

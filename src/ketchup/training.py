@@ -25,10 +25,12 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ketchup import checkpoints
 from ketchup.batching import collate, encode_sources, encode_targets
 from ketchup.checkpoints import disk_errors
+from ketchup.config import OPTIM_DEFAULTS
 from ketchup.io import atomic_path, write_json
 from ketchup.methods import Objective
 
@@ -41,6 +43,10 @@ class TokenData:
     corruption of ``ketchup.pretraining``)."""
     n: int
     pair: Callable[[int, int], tuple[list[int], list[int]]]
+
+    def lengths(self) -> tuple[int, ...]:
+        """Tokens of each example (source + target) in epoch 0: what ``group_by_length`` sorts by."""
+        return tuple(len(s) + len(t) for s, t in (self.pair(i, 0) for i in range(self.n)))
 
 
 @dataclass
@@ -70,10 +76,22 @@ def fingerprint(obj: Any) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _micro_batch_indices(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Seeded shuffle for one epoch; recomputable, so a resumed run sees the same order."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+def _micro_batch_indices(n: int, batch_size: int, seed: int, epoch: int,
+                         lengths: tuple[int, ...] | None = None) -> list[list[int]]:
+    """Seeded shuffle for one epoch; recomputable, so a resumed run sees the same order.
+
+    With ``lengths`` (``train.group_by_length``), examples of similar length share a micro-batch,
+    so it pads little: Hugging Face's length-grouped order (random mega-batches of up to 50
+    micro-batches, each sorted by length), cut into micro-batches whose order is then shuffled, so
+    that an epoch has no long-to-short ramp. Every example still appears once per epoch.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if lengths is None:
+        order = torch.randperm(n, generator=generator).tolist()
+        return [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    order = get_length_grouped_indices(list(lengths), batch_size, generator=generator)
+    batches = [order[i: i + batch_size] for i in range(0, n, batch_size)]
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, settings: dict[str, Any], *,
@@ -90,6 +108,7 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     a checkpoint is reused only by the very run that wrote it.
     """
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    settings = {**OPTIM_DEFAULTS, **settings}  # a hand-written spec may leave keys to the schema
     accelerator = Accelerator(mixed_precision=settings["mixed_precision"], cpu=not torch.cuda.is_available())
     set_seed(seed)
     if settings["gradient_checkpointing"]:
@@ -98,11 +117,12 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     if isinstance(data, TrainData):
         data = data.encode(tokenizer, arch, max_source_length, max_target_length)
     n, bs, accum = data.n, settings["batch_size"], settings["grad_accum"]
+    lengths = data.lengths() if settings["group_by_length"] else None
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(n / bs)
     steps_per_epoch = max(1, micro_per_epoch // (accum * world))
     total_steps = settings["max_steps"] or max(1, round(settings["epochs"] * steps_per_epoch))
-    if settings.get("lr_schedule", "constant") == "linear":
+    if settings["lr_schedule"] == "linear":
         scheduler = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], total_steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, settings["warmup_steps"])
@@ -137,7 +157,7 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
         for j in range(accum):
             m = (step * accum + j) * world + rank
             epoch, within = divmod(m, micro_per_epoch)
-            pairs = [data.pair(i, epoch) for i in _micro_batch_indices(n, bs, seed, epoch)[within]]
+            pairs = [data.pair(i, epoch) for i in _micro_batch_indices(n, bs, seed, epoch, lengths)[within]]
             batch = collate([s for s, _ in pairs], [t for _, t in pairs], tokenizer.pad_token_id,
                             arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
