@@ -381,16 +381,19 @@ def test_a_config_extends_another_key_by_key(tmp_path):
         kconfig.read(tmp_path / "sub/broken.yaml")
 
 
-def test_the_study_config_is_the_default_with_three_seeds_and_larger_test_sets(repo_root):
+def test_the_study_config_is_the_default_with_three_seeds_larger_test_sets_and_random_batches(repo_root):
     from ketchup import config as kconfig
 
     default = kconfig.read(repo_root / "config.yaml")
     study = kconfig.read(repo_root / "workflow/configs/study.yaml")
     kconfig.validate(study)
     assert study["seeds"] == [0, 1, 2]
+    assert default["train"]["group_by_length"] is True and study["train"]["group_by_length"] is False
+    assert {k: v for k, v in study["train"].items() if k != "group_by_length"} == \
+        {k: v for k, v in default["train"].items() if k != "group_by_length"}
     for task, spec in study["tasks"].items():
         assert spec["n_test"] > default["tasks"][task]["n_test"]
         assert {k: v for k, v in spec.items() if k != "n_test"} == \
             {k: v for k, v in default["tasks"][task].items() if k != "n_test"}
-    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks")} == \
-        {k: v for k, v in default.items() if k not in ("seeds", "tasks")}
+    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train")} == \
+        {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train")}
