@@ -71,11 +71,12 @@ def step_times(task: str, steps: int, repeats: int) -> tuple[float, float]:
     return min(plain), min(grouped)
 
 
-def _command(workdir: Path, target: str) -> list[str]:
-    """The shell command Snakemake would run for ``target`` in ``workdir``, as arguments."""
+def _command(workdir: Path, stage: str, target: str) -> list[str]:
+    """The arguments Snakemake would give ``python -m ketchup`` for ``target`` (a ``stage`` job) in
+    ``workdir`` (a dry run also lists upstream jobs whose settings changed: only ``stage``'s counts)."""
     out = subprocess.run(["snakemake", "-n", "-p", "-f", target, "--cores", "1", "-d", str(workdir),
                           "-s", str(REPO / "Snakefile")], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if "python -m ketchup" in l)
+    line = next(l for l in out.splitlines() if f"python -m ketchup --threads 1 {stage} " in l)
     return shlex.split(line.split("python -m ketchup", 1)[1].split(" > ")[0])
 
 
@@ -94,8 +95,8 @@ def quality_job(job: tuple[str, str, int, bool, str, str]) -> dict:
     kind, cell, seed, group, workdir, out = job
     torch.set_num_threads(1)
     root, out = Path(workdir), Path(out)
-    args = _command(root, f"results/models/teacher/{cell}" if kind == "teacher"
-                    else f"results/models/students/{cell}/kl/seed0")
+    args = (_command(root, "teacher", f"results/models/teacher/{cell}") if kind == "teacher"
+            else _command(root, "student", f"results/models/students/{cell}/kl/seed0"))
     spec = json.loads(_arg(args, "--spec"))
     spec["seed"], spec["train"]["group_by_length"] = seed, group
     data = root / _arg(args, "--data")

@@ -194,11 +194,34 @@ def test_too_few_sentinels_names_the_pretrain_block():
 def test_a_pretrained_student_needs_its_init():
     student = {"task": "en_nl", "arch": "seq2seq", "student": "tiny", "method": "sft", "train": {}, "generation": {},
                "seed": 0, "max_source_length": 8, "max_target_length": 8,
-               "model": {"config": {}, "pretrain": {"steps": 2}}}
+               "model": {"config": {}}, "pretrained": True}
     with pytest.raises(ConfigError, match="students.tiny is pretrained.*--init"):
         specs.check_student(student, None)
     specs.check_student(student, "results/models/pretrained/en_nl/tiny")
-    specs.check_student({**student, "model": {"config": {}}}, None)  # without a block: built from its spec
+    specs.check_student({**student, "pretrained": False}, None)  # without a block: built from its spec
+    student.pop("pretrained")
+    specs.check_student(student, None)  # a hand-written spec that does not say is not pretrained
+
+
+def test_the_workflow_gives_students_their_model_block_and_whether_they_are_pretrained(tmp_path):
+    """The student spec the DAG writes: the size's model block without the pretrain stage's settings,
+    and ``pretrained``, which the student command checks against --init."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n", "-p",
+                          "--configfile", str(repo / "workflow/configs/test.yaml"), "--directory", str(tmp_path),
+                          "results/models/students/en_nl/tiny/sft/seed0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (line,) = [l for l in run.stdout.splitlines() if "python -m ketchup --threads 1 student " in l]
+    args = shlex.split(line.split(" > ")[0])
+    spec = json.loads(args[args.index("--spec") + 1])
+    assert spec["pretrained"] is True and "pretrain" not in spec["model"] and "config" in spec["model"]
+    assert args[args.index("--init") + 1] == "results/models/pretrained/en_nl/tiny"
 
 
 # --- the stage ------------------------------------------------------------------------------------

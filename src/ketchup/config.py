@@ -138,15 +138,21 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for name, student in config["students"].items():
         if "pretrain" not in student:
             continue
-        if "config" not in student:
-            how = "loaded (name_or_path)" if "name_or_path" in student else "cut from the teacher (from_teacher)"
-            raise ConfigError(f"config key 'students.{name}.pretrain': only a student built from config is "
-                              f"pretrained; this one is {how} and starts from those weights")
+        check_pretrainable(name, student)
         held_out = pretrain_settings(config, name)["dev_examples"]
         for task_name, task in config["tasks"].items():
             if isinstance(task.get("n_train"), int) and held_out >= task["n_train"]:
                 raise ConfigError(f"config key 'students.{name}.pretrain.dev_examples': {held_out} held-out examples "
                                   f"leave none of the {task['n_train']} of tasks.{task_name}.n_train to pretrain on")
+
+
+def check_pretrainable(name: str, student: dict[str, Any]) -> None:
+    """Only a student built from config (``students.<name>.config``) is pretrained: a loaded or cut one
+    starts from those weights."""
+    if "config" not in student:
+        how = "loaded (name_or_path)" if "name_or_path" in student else "cut from the teacher (from_teacher)"
+        raise ConfigError(f"config key 'students.{name}.pretrain': only a student built from config is "
+                          f"pretrained; this one is {how} and starts from those weights")
 
 
 def read(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ketchup import registry
-from ketchup.config import ConfigError
+from ketchup.config import ConfigError, check_pretrainable
 from ketchup.span_corruption import noise_counts
 
 STUDENT_KEYS = ("task", "arch", "student", "method", "model", "train", "generation", "seed",
@@ -41,7 +41,7 @@ def check_student(spec: dict[str, Any], init: str | None) -> None:
                           f"give it with --init (RL from random weights is not a run of the paper)")
     if method.family == "rl" and "rl" not in spec:
         raise ConfigError(f"student --spec: method {method.name!r} needs the 'rl' settings block")
-    if "pretrain" in spec["model"] and not method.starts_from and not init:
+    if spec.get("pretrained") and not method.starts_from and not init:
         raise ConfigError(f"student: students.{spec['student']} is pretrained (its pretrain block); give the "
                           "pretrained model with --init")
 
@@ -52,9 +52,7 @@ def check_teacher(spec: dict[str, Any]) -> None:
 
 def check_pretrain(spec: dict[str, Any]) -> None:
     _require(spec, PRETRAIN_KEYS, "pretrain")
-    if "config" not in spec["model"]:
-        raise ConfigError(f"config key 'students.{spec['student']}.pretrain': only a student built from config "
-                          "is pretrained")
+    check_pretrainable(spec["student"], spec["model"])
 
 
 def check_sentinels(spec: dict[str, Any], available: int) -> None:

@@ -126,6 +126,12 @@ def method_and_k(method, task):
     return registry.method_and_k(method, task_cfg(task).get("k", 1))
 
 
+def student_model(student):
+    """A student size's model block (config, name_or_path or from_teacher), without its pretrain
+    settings: those are the pretrain stage's."""
+    return {k: v for k, v in config["students"][student].items() if k != "pretrain"}
+
+
 def student_spec(wildcards):
     method, k = method_and_k(wildcards.method, wildcards.task)
     return as_json(
@@ -134,7 +140,8 @@ def student_spec(wildcards):
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
             "student": wildcards.student,
             "method": method,
-            "model": config["students"][wildcards.student],
+            "model": student_model(wildcards.student),
+            "pretrained": wildcards.student in PRETRAINED,
             "train": kconfig.optim_settings(config, method),
             "rl": kconfig.rl_settings(config),
             "k": k,
@@ -183,7 +190,7 @@ def pretrain_spec_of(task, student):
         **task_spec(task),
         **tokenizer_spec(),
         "student": student,
-        "model": {k: v for k, v in config["students"][student].items() if k != "pretrain"},
+        "model": student_model(student),
         "pretrain": kconfig.pretrain_settings(config, student),
         "calculator": kconfig.calculator_on(config, task),
         "seed": DATA_SEED,
