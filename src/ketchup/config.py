@@ -121,6 +121,13 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
     if tok["kind"] == "train" and "config" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.kind': 'train' only works with models built from config")
+    if any(registry.METHODS[name].ppo for name in config["methods"]):
+        rl = rl_settings(config)
+        for name in config["methods"]:
+            if registry.METHODS[name].ppo and rl["ppo_minibatches"] > optim_settings(config, name)["batch_size"]:
+                raise ConfigError(f"config key 'rl.ppo_minibatches': {rl['ppo_minibatches']} minibatches of a "
+                                  f"{optim_settings(config, name)['batch_size']}-rollout micro-batch ({name}'s "
+                                  "batch_size) leave some empty; use at most the batch size")
     for name in config["methods"]:
         start = registry.METHODS[name].starts_from
         if start and start not in config["methods"]:
@@ -228,8 +235,16 @@ def pretrain_optim(pretrain: dict[str, Any]) -> dict[str, Any]:
             **{k: pretrain[k] for k in ("lr", "batch_size", "warmup_steps", "eval_every", "checkpoint_every")}}
 
 
-def rl_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {**RL_DEFAULTS, **config.get("rl", {})}
+PPO_KEYS = ("ppo_epochs", "ppo_minibatches", "ppo_clip")
+
+
+def rl_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
+    """The rl block over the schema's defaults; for a given ``method`` without PPO updates, without the
+    rl.ppo_* keys it never reads (so that they change neither its spec nor its resume fingerprint)."""
+    settings = {**RL_DEFAULTS, **config.get("rl", {})}
+    if method is not None and not registry.get(registry.method_and_k(method, 1)[0]).ppo:
+        settings = {k: v for k, v in settings.items() if k not in PPO_KEYS}
+    return settings
 
 
 def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:

@@ -1,13 +1,15 @@
 """Each distillation method as an Objective: which targets it trains on and which loss it applies.
 
 The training loop calls ``rollout`` (no gradient: decode student samples where the method needs
-them) and then ``loss``, which runs the student with gradient and the teacher without, and hands
-logits and masks to the pure functions of ``ketchup.objectives``.
+them), then ``updates``, which says how the rolled-out micro-batches split into optimizer updates
+(one update over all of them, except for the PPO methods), and ``loss`` on each micro-batch of an
+update, which runs the student with gradient and the teacher without, and hands logits and masks
+to the pure functions of ``ketchup.objectives``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,6 +18,8 @@ from ketchup import objectives
 from ketchup.batching import Batch, generate, target_logits
 from ketchup import registry
 from ketchup.config import RL_DEFAULTS
+
+PPO_ROWS = "ppo"  # the key of a PPO minibatch's prepared rows in a micro-batch dict
 
 
 def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
@@ -31,6 +35,23 @@ def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
         return batch, batch
     half = (n + 1) // 2
     return batch.rows(slice(0, half)), batch.rows(slice(half, n))
+
+
+@dataclass
+class Prepared:
+    """Rollouts prepared once for PPO's updates: the rows, log pi_old of their tokens and their
+    advantages A_t ([B, T] each, aligned with ``batch.target_ids``, detached). ``scale`` 0 marks a
+    stand-in row that keeps an update's micro-batch count but weighs nothing (``Objective.updates``)."""
+    batch: Batch
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    scale: float = 1.0
+
+    def rows(self, index: torch.Tensor) -> "Prepared":
+        """A sub-batch of rows, trimmed of the columns that are padding in every kept row."""
+        b = self.batch.rows(index)
+        width = b.target_ids.shape[1]  # targets are right-padded: the kept columns are a prefix
+        return Prepared(b, self.old_logp[index][:, :width], self.advantages[index][:, :width], self.scale)
 
 
 @dataclass
@@ -50,6 +71,78 @@ class Objective:
     @property
     def family(self) -> str:
         return registry.get(self.method).family
+
+    @property
+    def ppo(self) -> bool:
+        return registry.get(self.method).ppo
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per rollout batch: rl.ppo_epochs x rl.ppo_minibatches for PPO, else 1."""
+        return self.rl["ppo_epochs"] * self.rl["ppo_minibatches"] if self.ppo else 1
+
+    @staticmethod
+    def real_tokens(batches: dict[str, Any]) -> float:
+        """The real target tokens of one micro-batch (what the loop normalises the loss by)."""
+        return sum(float(b.target_mask.sum()) * b.scale if isinstance(b, Prepared) else float(b.target_mask.sum())
+                   for b in batches.values())
+
+    def updates(self, student, micro: list[dict[str, Batch]], *, seed: int, step: int
+                ) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
+        """The optimizer updates of one rollout batch (each a list of micro-batches for ``loss``) and
+        statistics of the batch itself.
+
+        Every method but PPO: one update over all the micro-batches, no statistics. PPO
+        (ketchup-ppo, llmr-ppo): each micro-batch is prepared once (``prepare``: teacher returns,
+        log pi_old and advantages); then, for each of rl.ppo_epochs passes, its rows are shuffled
+        (a generator seeded by ``seed`` and ``step``, so a resumed run deals the same) and dealt
+        into rl.ppo_minibatches parts, and update j takes part j of every micro-batch. A part left
+        empty (a micro-batch with fewer rows than minibatches) becomes one row of weight 0, so that
+        every process runs as many backward passes per update.
+        """
+        if not self.ppo:
+            return [micro], {}
+        epochs, parts = self.rl["ppo_epochs"], self.rl["ppo_minibatches"]
+        prepared, stats = [], {}
+        for mb in micro:
+            p, s = self.prepare(student, mb["student"])
+            prepared.append(p)
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / len(micro)
+        stats["rollouts"] = float(sum(p.batch.target_ids.shape[0] for p in prepared))
+        if epochs == 1 and parts == 1:
+            return [[{PPO_ROWS: p} for p in prepared]], stats
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        updates = []
+        for _ in range(epochs):
+            deals = [torch.randperm(p.batch.target_ids.shape[0], generator=generator) for p in prepared]
+            for j in range(parts):
+                update = []
+                for p, order in zip(prepared, deals):
+                    index = order[j::parts].sort().values.to(p.old_logp.device)  # rows keep their order
+                    part = p.rows(index) if index.numel() else replace(p.rows(order[:1].to(index.device)), scale=0.0)
+                    update.append({PPO_ROWS: part})
+                updates.append(update)
+        return updates, stats
+
+    @torch.no_grad()
+    def prepare(self, student, b: Batch) -> tuple[Prepared, dict[str, float]]:
+        """PPO's once-per-rollout-batch work on one micro-batch of rollouts: the teacher's K-step returns,
+        and from the student, run as the updates run it (its current mode: train, with dropout if it
+        has any, so pi_old comes from one dropout mask), log pi_old of the tokens and the advantages
+        exactly as the method without PPO takes them (``objectives.policy_advantages``)."""
+        rl = self.rl
+        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
+        returns = objectives.kstep_returns(q, v, b.target_mask, self.k)
+        advantages, old_logp, stats = objectives.policy_advantages(
+            target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
+            token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
+            baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"])
+        n = float(b.target_mask.sum())
+        rewards = objectives.one_step_rewards(q, v, b.target_mask)
+        stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
+                     rollout_length=float(b.target_mask.sum(1).mean()))
+        return Prepared(b, old_logp, advantages), stats
 
     def rollout(self, student, batch: Batch) -> dict[str, Batch]:
         """The batches the loss is taken on, decoded without gradient where the method samples."""
@@ -86,6 +179,8 @@ class Objective:
             return per_token, b.target_mask, {}
         if self.family == "divergence":
             return self._two_source_divergence(student, batches)
+        if PPO_ROWS in batches:
+            return self._ppo(student, batches[PPO_ROWS])
         return self._policy_gradient(student, batches["student"])
 
     def _two_source_divergence(self, student, batches):
@@ -122,3 +217,12 @@ class Objective:
         stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
                      rollout_length=float(b.target_mask.sum(1).mean()))
         return per_token, b.target_mask, stats
+
+    def _ppo(self, student, p: Prepared):
+        b = p.batch
+        per_token, stats = objectives.ppo_clip_loss(
+            target_logits(student, self.arch, b), b.target_ids, p.old_logp, p.advantages, b.target_mask,
+            clip_eps=self.rl["ppo_clip"], entropy_coef=self.rl["entropy_coef"])
+        if p.scale != 1.0:
+            per_token = per_token * p.scale
+        return per_token, b.target_mask * p.scale, stats

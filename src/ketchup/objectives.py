@@ -34,6 +34,8 @@ __all__ = [
     "one_step_rewards",
     "kstep_returns",
     "policy_gradient_loss",
+    "policy_advantages",
+    "ppo_clip_loss",
     "score_norms",
     "minvar_baseline",
     "cross_entropy",
@@ -397,6 +399,35 @@ def minvar_baseline(
     return _scatter(_baseline("minvar", advantages[m].detach().float(), scores, rows, m.shape[0], scope), m)
 
 
+def _check_pg_settings(token_weight: str, denom: float, clip: float | None, baseline: str, baseline_scope: str) -> None:
+    if token_weight not in _TOKEN_WEIGHTS:
+        raise ValueError(f"unknown token_weight {token_weight!r}; allowed: {', '.join(_TOKEN_WEIGHTS)}")
+    if baseline not in _BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(_BASELINES)}")
+    if baseline_scope not in _BASELINE_SCOPES:
+        raise ValueError(f"unknown baseline_scope {baseline_scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
+    if not denom > 0:
+        raise ValueError(f"denom must be > 0, got {denom}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be > 0 or None, got {clip}")
+
+
+def _advantages(logp: torch.Tensor, logp_all: torch.Tensor, token_ids: torch.Tensor, g: torch.Tensor,
+                m: torch.Tensor, *, token_weight: str, denom: float, clip: float | None, baseline: str,
+                baseline_scope: str) -> torch.Tensor:
+    """A_t of :func:`policy_gradient_loss` on the real tokens [N] (detached), from the policy's
+    log-probabilities of the tokens ``logp`` [N] and of the vocabulary ``logp_all`` [N, V]."""
+    with torch.no_grad():
+        w = logp.exp() if token_weight == "prob" else torch.ones_like(logp)
+        adv = w * g / denom
+        if clip is not None:
+            adv = adv.clamp(-clip, clip)
+        if baseline != "none" and adv.numel():
+            scores = _score_norms(logp_all, token_ids) if baseline == "minvar" else None
+            adv = adv - _baseline(baseline, adv, scores, m.nonzero()[:, 0], m.shape[0], baseline_scope)
+    return adv
+
+
 def policy_gradient_loss(
     student_logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -430,29 +461,14 @@ def policy_gradient_loss(
     stats (python floats, over real tokens): mean_return, mean_advantage, advantage_std (population
     std), mean_entropy; all 0.0 when there is no real token.
     """
-    if token_weight not in _TOKEN_WEIGHTS:
-        raise ValueError(f"unknown token_weight {token_weight!r}; allowed: {', '.join(_TOKEN_WEIGHTS)}")
-    if baseline not in _BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(_BASELINES)}")
-    if baseline_scope not in _BASELINE_SCOPES:
-        raise ValueError(f"unknown baseline_scope {baseline_scope!r}; allowed: {', '.join(_BASELINE_SCOPES)}")
-    if not denom > 0:
-        raise ValueError(f"denom must be > 0, got {denom}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    _check_pg_settings(token_weight, denom, clip, baseline, baseline_scope)
     m = _token_mask(student_logits, mask, tokens=tokens, returns=returns)
 
     logp_all = _log_probs(student_logits[m])  # [N, V]
     logp = _gather_tokens(logp_all, tokens[m])  # [N]
-    with torch.no_grad():
-        g = returns[m].detach().float()
-        w = logp.exp() if token_weight == "prob" else torch.ones_like(logp)
-        adv = w * g / denom
-        if clip is not None:
-            adv = adv.clamp(-clip, clip)
-        if baseline != "none" and adv.numel():
-            scores = _score_norms(logp_all, tokens[m]) if baseline == "minvar" else None
-            adv = adv - _baseline(baseline, adv, scores, m.nonzero()[:, 0], m.shape[0], baseline_scope)
+    g = returns[m].detach().float()
+    adv = _advantages(logp, logp_all, tokens[m], g, m, token_weight=token_weight, denom=denom, clip=clip,
+                      baseline=baseline, baseline_scope=baseline_scope)
     entropy_grad = entropy_coef != 0.0
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -467,6 +483,101 @@ def policy_gradient_loss(
         "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
         "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
     }
+    return _scatter(values, m), stats
+
+
+def policy_advantages(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    token_weight: str = "prob",
+    denom: float = 1.0,
+    clip: float | None = 50.0,
+    baseline: str = "none",
+    baseline_scope: str = "sequence",
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The advantages A_t and log-probabilities logp_t of :func:`policy_gradient_loss`, taken once from
+    the policy that made the rollouts (pi_old); returns (A [B, T], logp [B, T], stats), float32, detached,
+    0 on padding:
+
+        logp_t = log pi_old(y_t | s_t);   A_t = clip(w_t * G_t / denom, -clip, clip) - b
+
+    with w_t = pi_old(y_t) (``token_weight="prob"``) or 1, and b the baseline of ``baseline`` over
+    ``baseline_scope`` (minvar: with pi_old's score norms), exactly as :func:`policy_gradient_loss`
+    computes them from the logits it is given. stats: mean_return, mean_advantage, advantage_std,
+    mean_entropy (of pi_old), over real tokens.
+    """
+    _check_pg_settings(token_weight, denom, clip, baseline, baseline_scope)
+    m = _token_mask(student_logits, mask, tokens=tokens, returns=returns)
+    with torch.no_grad():
+        logp_all = _log_probs(student_logits.detach()[m])
+        logp = _gather_tokens(logp_all, tokens[m])
+        g = returns[m].detach().float()
+        adv = _advantages(logp, logp_all, tokens[m], g, m, token_weight=token_weight, denom=denom, clip=clip,
+                          baseline=baseline, baseline_scope=baseline_scope)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    count = adv.numel()
+    stats = {
+        "mean_return": float(g.mean()) if count else 0.0,
+        "mean_advantage": float(adv.mean()) if count else 0.0,
+        "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
+        "mean_entropy": float(entropy.mean()) if count else 0.0,
+    }
+    return _scatter(adv, m), _scatter(logp, m), stats
+
+
+def ppo_clip_loss(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped surrogate (Schulman et al. 2017) per token; returns (per_token_loss float32 [B, T], stats):
+
+        r_t    = pi_theta(y_t | s_t) / pi_old(y_t | s_t) = exp(logp_t - old_logp_t)
+        loss_t = -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) - entropy_coef * H_t
+
+    ``old_logp`` (log pi_old of the tokens) and ``advantages`` A_t come from :func:`policy_advantages`
+    on the policy that made the rollouts and are read as data (no gradient flows into them). Where
+    r_t lies outside [1 - eps, 1 + eps] on the side the min selects (A_t > 0 and r_t > 1 + eps, or
+    A_t < 0 and r_t < 1 - eps) the token's gradient is 0. At r_t = 1 the gradient is -A_t grad logp_t,
+    the REINFORCE gradient of :func:`policy_gradient_loss`. The caller sums per_token_loss and divides
+    by the number of real tokens, as for every loss here; it is 0 on padding.
+
+    stats (over real tokens; 0.0 when there is none): clip_fraction, the share of tokens with
+    |r_t - 1| > eps (the usual PPO diagnostic); approx_kl, the estimate mean_t[(r_t - 1) - log r_t] >= 0
+    of KL(pi_old || pi_theta) (Schulman's k3); mean_ratio; mean_entropy (of pi_theta).
+    """
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must lie in (0, 1), got {clip_eps}")
+    m = _token_mask(student_logits, mask, tokens=tokens, old_logp=old_logp, advantages=advantages)
+    logp_all = _log_probs(student_logits[m])  # [N, V]
+    logp = _gather_tokens(logp_all, tokens[m])  # [N]
+    old = old_logp[m].detach().float()
+    adv = advantages[m].detach().float()
+    log_ratio = logp - old
+    ratio = log_ratio.exp()
+    values = -torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
+    entropy_grad = entropy_coef != 0.0
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if entropy_grad:
+        values = values - entropy_coef * entropy
+    count = adv.numel()
+    with torch.no_grad():
+        r, lr = ratio.detach(), log_ratio.detach()
+        stats = {
+            "clip_fraction": float(((r - 1.0).abs() > clip_eps).float().mean()) if count else 0.0,
+            "approx_kl": float(((r - 1.0) - lr).mean()) if count else 0.0,
+            "mean_ratio": float(r.mean()) if count else 0.0,
+            "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
+        }
     return _scatter(values, m), stats
 
 

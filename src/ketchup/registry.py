@@ -18,6 +18,12 @@ class Method:
     k: str | None  # RL only: "one" (LLMR) or "task" (the task's K)
     starts_from: str | None  # the method whose student this one starts from (None: the student as built)
     baseline: str = "none"  # RL only: the per-sequence baseline subtracted from the advantages
+    label: str = ""  # the name tables and figures print
+    ppo: bool = False  # RL only: several clipped-surrogate updates per rollout batch (rl.ppo_*), else one
+
+    def __post_init__(self) -> None:
+        if self.ppo and self.family != "rl":
+            raise ValueError(f"method {self.name!r}: only an RL method updates with PPO")
 
     @property
     def needs_teacher(self) -> bool:
@@ -26,19 +32,24 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("prompted", "untrained", None, None, None),
-    Method("sft", "supervised", "ground_truth", None, None),
-    Method("seqkd", "supervised", "teacher", None, None),
-    Method("kl", "divergence", "teacher", None, None),
-    Method("js", "divergence", "teacher", None, None),
-    Method("tvd", "divergence", "teacher", None, None),
-    Method("llmr", "rl", "teacher", "one", "kl"),
-    Method("llmr-mean", "rl", "teacher", "one", "kl", baseline="mean"),
-    Method("llmr-minvar", "rl", "teacher", "one", "kl", baseline="minvar"),
-    Method("ketchup", "rl", "teacher", "task", "kl"),
+    Method("prompted", "untrained", None, None, None, label="Prompted student"),
+    Method("sft", "supervised", "ground_truth", None, None, label="SFT"),
+    Method("seqkd", "supervised", "teacher", None, None, label="SeqKD"),
+    Method("kl", "divergence", "teacher", None, None, label="KL"),
+    Method("js", "divergence", "teacher", None, None, label="JS"),
+    Method("tvd", "divergence", "teacher", None, None, label="TVD"),
+    Method("llmr", "rl", "teacher", "one", "kl", label="LLMR"),
+    Method("llmr-mean", "rl", "teacher", "one", "kl", baseline="mean", label="LLMR + mean baseline"),
+    Method("llmr-minvar", "rl", "teacher", "one", "kl", baseline="minvar", label="LLMR + min-variance baseline"),
+    Method("ketchup", "rl", "teacher", "task", "kl", label="KETCHUP"),
+    # Beyond the paper (its proposed future work): the same advantages, optimised with PPO's clipped
+    # surrogate over rl.ppo_epochs x rl.ppo_minibatches updates per rollout batch.
+    Method("llmr-ppo", "rl", "teacher", "one", "kl", label="LLMR + PPO", ppo=True),
+    Method("ketchup-ppo", "rl", "teacher", "task", "kl", label="KETCHUP + PPO", ppo=True),
 )}
 NAMES = list(METHODS)  # the paper's row order
 RL_METHODS = [name for name, m in METHODS.items() if m.family == "rl"]
+PPO_METHODS = [name for name, m in METHODS.items() if m.ppo]
 TRAINED_METHODS = [name for name, m in METHODS.items() if m.family != "untrained"]
 
 # The K sweep trains KETCHUP at other K under run names of this form.

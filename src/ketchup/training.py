@@ -122,10 +122,16 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     micro_per_epoch = math.ceil(n / bs)
     steps_per_epoch = max(1, micro_per_epoch // (accum * world))
     total_steps = settings["max_steps"] or max(1, round(settings["epochs"] * steps_per_epoch))
+    # A step is one batch of rollouts (for methods without rollouts, of data); it makes
+    # objective.updates_per_step optimizer updates (1 but for PPO). The schedule advances once per
+    # update, over warmup and total lengths counted in steps, so an lr is reached at the same
+    # fraction of training whatever the number of updates per step.
+    per_step = objective.updates_per_step
     if settings["lr_schedule"] == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"], total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, settings["warmup_steps"] * per_step,
+                                                    total_steps * per_step)
     else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, settings["warmup_steps"])
+        scheduler = get_constant_schedule_with_warmup(optimizer, settings["warmup_steps"] * per_step)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if objective.teacher is not None:
         objective.teacher = objective.teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -161,7 +167,9 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
             batch = collate([s for s, _ in pairs], [t for _, t in pairs], tokenizer.pad_token_id,
                             arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
-        row, stats = _optimizer_step(accelerator, model, optimizer, scheduler, objective, micro, settings)
+        updates, batch_stats = objective.updates(accelerator.unwrap_model(model), micro, seed=seed, step=step)
+        row, stats = _step_row([_optimizer_step(accelerator, model, optimizer, scheduler, objective, update, settings)
+                                for update in updates], batch_stats)
         state["step"] = step + 1
         ckpt.log({"step": state["step"], "epoch": (state["step"] * accum * world) / micro_per_epoch, **row,
                   "seconds": time.perf_counter() - started, **stats, **_cuda_memory()})
@@ -190,8 +198,7 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objec
     """One update from the rolled-out micro-batches; the loss is normalised by the real target tokens
     of the whole optimizer step (after generation, across gradient accumulation and processes)."""
     world, accum = accelerator.num_processes, len(micro)
-    tokens = torch.tensor(sum(float(b.target_mask.sum()) for mb in micro for b in mb.values()),
-                          device=accelerator.device)
+    tokens = torch.tensor(sum(objective.real_tokens(mb) for mb in micro), device=accelerator.device)
     tokens = accelerator.reduce(tokens, "sum") if world > 1 else tokens
     loss_total, stats_sum = 0.0, {}
     for mb in micro:
@@ -210,6 +217,25 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objec
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_total, "tokens": float(tokens), "grad_norm": grad_norm,
             "lr": scheduler.get_last_lr()[0]}, stats_sum
+
+
+def _step_row(results: list[tuple[dict[str, float], dict[str, float]]], batch_stats: dict[str, float]
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """One log row per step from its updates' rows: one update's as it is; several (PPO): loss,
+    grad_norm and the loss's statistics averaged over the updates, the lr after the last, the tokens
+    of all updates (each pass counts the batch's tokens once), the number of updates, the last update's approx_kl (old policy against the
+    one the last update started from), and ``batch_stats`` (``Objective.updates``)."""
+    if len(results) == 1:
+        row, stats = results[0]
+        return row, {**batch_stats, **stats}
+    rows = [r for r, _ in results]
+    n = len(rows)
+    row = {"loss": sum(r["loss"] for r in rows) / n, "tokens": sum(r["tokens"] for r in rows),
+           "grad_norm": sum(r["grad_norm"] for r in rows) / n, "lr": rows[-1]["lr"], "updates": n}
+    stats = {k: sum(s[k] for _, s in results) / n for k in results[0][1]}
+    if "approx_kl" in results[-1][1]:
+        stats["approx_kl_last"] = results[-1][1]["approx_kl"]
+    return row, {**batch_stats, **stats}
 
 
 class _Checkpoints:

@@ -49,7 +49,7 @@ def grad_variance_spec(wildcards):
             "student": wildcards.student,
             "seed": int(wildcards.seed),
             "ks": asettings.grad_variance_ks(config, wildcards.task),
-            "rl": kconfig.rl_settings(config),
+            "rl": kconfig.rl_settings(config, "ketchup"),
             "n_minibatches": gv["n_minibatches"],
             "batch_size": gv["batch_size"] or kconfig.optim_settings(config, "ketchup")["batch_size"],
             "sample_seed": gv["seed"],

@@ -143,7 +143,7 @@ def student_spec(wildcards):
             "model": student_model(wildcards.student),
             "pretrained": wildcards.student in PRETRAINED,
             "train": kconfig.optim_settings(config, method),
-            "rl": kconfig.rl_settings(config),
+            "rl": kconfig.rl_settings(config, method),
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),

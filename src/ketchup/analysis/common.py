@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ketchup import paths
 from ketchup.config import TASK_KINDS
-from ketchup.registry import NAMES as METHODS
+from ketchup.registry import METHODS as REGISTRY, NAMES as METHODS
 
 # ketchup.metrics.PRIMARY, copied so that table jobs do not import the metric libraries (nltk: ~1.5 s);
 # tests/test_analysis.py checks that the two agree.
@@ -16,9 +16,7 @@ MODEL_PATTERN = paths.run_regex("students")  # ketchup.paths.student_model
 PREDICTION_PATTERN = paths.run_regex("predictions", ".jsonl")  # ketchup.paths.predictions
 
 METHOD_ORDER = ["teacher", *METHODS]
-METHOD_NAMES = {"teacher": "Teacher", "prompted": "Prompted student", "sft": "SFT", "seqkd": "SeqKD",
-                "kl": "KL", "js": "JS", "tvd": "TVD", "llmr": "LLMR", "llmr-mean": "LLMR + mean baseline",
-                "llmr-minvar": "LLMR + min-variance baseline", "ketchup": "KETCHUP"}
+METHOD_NAMES = {"teacher": "Teacher", **{name: m.label for name, m in REGISTRY.items()}}
 TASK_NAMES = {"xsum": "XSum", "en_nl": "EN-NL", "gsm8k": "GSM8K"}
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF",
                 "accuracy": "accuracy"}
