@@ -69,12 +69,22 @@ class Objective:
                         sample=self.rl["rollout"] == "sample", dropout=bool(self.rl["rollout_dropout"]),
                         logits_processor=self.logits_processor)
 
+    @property
+    def normalize(self) -> str:
+        """How the step averages the loss (``objectives.normalization``): RL follows ``rl.normalize``;
+        every other method averages over tokens."""
+        return self.rl["normalize"] if self.family == "rl" else "token"
+
+    def units(self, batches: dict[str, Batch]) -> float:
+        """This micro-batch's share of the step's normaliser (its tokens, or its sequences)."""
+        return sum(objectives.normalization(b.target_mask, self.normalize)[1] for b in batches.values())
+
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch) -> torch.Tensor:
         return target_logits(self.teacher, self.arch, batch).float()
 
     def loss(self, student, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Per-token loss [B, T] and mask; the loop sums and divides by the real-token count."""
+        """Per-token loss [B, T] and mask; the loop sums it and divides by the step's ``units``."""
         if self.family == "supervised":
             b = batches["data"]
             return objectives.cross_entropy(target_logits(student, self.arch, b), b.target_ids, b.target_mask), \
@@ -117,6 +127,8 @@ class Objective:
             token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
             baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"],
             entropy_coef=rl["entropy_coef"])
+        row_scale, _ = objectives.normalization(b.target_mask, self.normalize)
+        per_token = per_token * row_scale
         n = float(b.target_mask.sum())
         rewards = objectives.one_step_rewards(q, v, b.target_mask)
         stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
