@@ -113,7 +113,7 @@ _OUTSIDE = [
     (re.compile("DESIGN" + r"\.md", re.IGNORECASE), "cites the design notes, which are not in the repository"),
     (re.compile(r"(?<![\w.~/-])/" + "work/"), "an absolute path of the machine it was written on"),
     # The one place outside the checkout the project reads is the folder of the published GSM8K files
-    # beside it (docs/data.md says how to fill it); any other path into ../shared is a citation.
+    # beside it (docs/data.md says how to fill it); any other path into that folder is a citation.
     (re.compile(r"\.\./" + r"shared(?!/data/gsm8k\b)"), "a path outside the repository"),
 ]
 
