@@ -329,7 +329,7 @@ def test_a_block_given_alone_is_checked_against_its_part_of_the_schema():
 
 
 def test_defaults_come_from_the_schema_and_keep_the_reference_values():
-    """The schema's default: values are the only defaults; these are the values the code had (DESIGN.md s. 2)."""
+    """The schema's default: values are the only defaults; these are the values the code had (docs/settings.md)."""
     assert kconfig.RL_DEFAULTS == {"rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence",
                                    "value": "max", "clip": 50.0, "denom": 1.0, "token_weight": "prob",
                                    "entropy_coef": 0.0, "normalize": "sequence"}

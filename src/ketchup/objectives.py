@@ -1,4 +1,4 @@
-"""Distillation objectives as pure functions of logits, tokens and masks (DESIGN.md section 2).
+"""Distillation objectives as pure functions of logits, tokens and masks (docs/math.md).
 
 Everything here is torch only: no models, no tokenizers, no I/O. Shapes follow one convention:
 
@@ -16,7 +16,8 @@ representable in float32 (those have log-probability above -104).
 
 Per-token outputs are *not* averaged: the caller sums them and divides by the number of real target
 tokens of the whole optimisation step, so that normalisation across gradient accumulation happens
-outside these functions (DESIGN.md section 2: "normalise by the number of real target tokens").
+outside these functions (docs/math.md, 'The policy-gradient loss': normalise by the number of real
+target tokens of the whole optimizer step).
 """
 
 from __future__ import annotations
