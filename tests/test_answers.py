@@ -1,4 +1,4 @@
-"""GSM8K answer extraction and comparison, on hand cases and on the real GSM8K files in ../shared."""
+"""GSM8K answer extraction and comparison, on hand cases and on the real GSM8K files (docs/data.md)."""
 
 from __future__ import annotations
 

@@ -329,10 +329,10 @@ def test_a_block_given_alone_is_checked_against_its_part_of_the_schema():
 
 
 def test_defaults_come_from_the_schema_and_keep_the_reference_values():
-    """The schema's default: values are the only defaults; these are the values the code had (DESIGN.md s. 2)."""
+    """The schema's default: values are the only defaults; these are the values the code had (docs/settings.md)."""
     assert kconfig.RL_DEFAULTS == {"rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence",
                                    "value": "max", "clip": 50.0, "denom": 1.0, "token_weight": "prob",
-                                   "entropy_coef": 0.0}
+                                   "entropy_coef": 0.0, "normalize": "sequence"}
     assert kconfig.OPTIM_DEFAULTS == {"lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "max_steps": None,
                                       "batch_size": 16, "grad_accum": 1, "warmup_steps": 0, "lr_schedule": "constant",
                                       "max_grad_norm": 1.0, "eval_every": 100, "dev_eval_examples": 100, "checkpoint_every": 50,

@@ -111,10 +111,12 @@ def test_js_tvd_score_each_source_on_its_own_half_of_the_micro_batch(arch, tok):
     assert all(part is one for part in split_for_two_sources(one))
 
 
+@pytest.mark.parametrize("normalize", ["sequence", "token"])
 @pytest.mark.parametrize("method,k", [("llmr", 1), ("llmr-mean", 1), ("llmr-minvar", 1), ("ketchup", 3)])
-def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, tok):
+def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, normalize, tok):
     student, teacher = models("seq2seq", tok)
-    rl = {**RL_DEFAULTS, "rollout": "greedy", "rollout_dropout": False, "token_weight": "one", "clip": 1e9}
+    rl = {**RL_DEFAULTS, "rollout": "greedy", "rollout_dropout": False, "token_weight": "one", "clip": 1e9,
+          "normalize": normalize}
     objective = Objective(method, "seq2seq", tok, teacher=teacher, max_new_tokens=8, rl=rl, k=3)
     batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
     rollout = objective.rollout(student, batch)["student"]
@@ -132,14 +134,16 @@ def test_rl_loss_uses_the_teacher_returns_with_its_k(method, k, tok):
         advantage = returns
     logp = torch.log_softmax(target_logits(student, "seq2seq", rollout), -1).gather(
         -1, rollout.target_ids.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(per_token, -(logp * advantage) * mask, atol=1e-4)
+    row_scale = 1 / mask.sum(1, keepdim=True) if normalize == "sequence" else 1.0  # the loop divides by #seqs
+    assert torch.allclose(per_token, -(logp * advantage) * mask * row_scale, atol=1e-4)
+    assert objective.units({"student": rollout}) == (len(SOURCES) if normalize == "sequence" else float(mask.sum()))
     assert stats["mean_return"] == pytest.approx(float((returns * mask).sum() / mask.sum()), rel=1e-5)
 
 
 def test_policy_gradient_is_the_reinforce_estimator_on_a_tiny_model(tok):
     """grad of the loss == -(1/N) sum_t A_t grad log pi(y_t | s_t), each term by its own backward pass."""
     student, teacher = models("seq2seq", tok)
-    rl = {**RL_DEFAULTS, "rollout": "greedy", "token_weight": "one", "clip": 1e9}
+    rl = {**RL_DEFAULTS, "rollout": "greedy", "token_weight": "one", "clip": 1e9, "normalize": "token"}
     objective = Objective("ketchup", "seq2seq", tok, teacher=teacher, max_new_tokens=6, rl=rl, k=2)
     batch = make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16)
     rollout = objective.rollout(student, batch)

@@ -296,7 +296,7 @@ def test_induced_values_random_against_direct_formula():
 
 
 def _literal_returns(q, v, n, k):
-    """DESIGN.md section 2, literally, for one unpadded row of length n (Python floats)."""
+    """docs/math.md's recursion ('K-step returns'), literally, for one unpadded row of length n (Python floats)."""
     g = [0.0] * n
     if n == 0:
         return g

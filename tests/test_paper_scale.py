@@ -96,17 +96,19 @@ def test_paper_config_settings(name):
     # The reference's RL settings (scripts/reinforce_xsum.sh, reinforce.py, Mymodel.py Net.reinforce).
     assert kconfig.rl_settings(config) == {
         "rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence", "value": "max", "clip": 50.0,
-        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0}
+        "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0, "normalize": "sequence"}
     # The reference's KD settings (scripts/distill_xsum.sh: 8 x 32 x 2 GPUs, fp32, no clipping).
     for method in ("sft", "seqkd", "kl", "js", "tvd"):
         settings = kconfig.optim_settings(config, method)
         assert (settings["lr"], settings["epochs"], settings["batch_size"] * settings["grad_accum"],
                 settings["eval_every"], settings["max_grad_norm"], settings["mixed_precision"]) == \
             (1e-4, 5, 512, 12, None, "no"), method
+    # The reference's 1 x 8 RL updates decoded as one micro-batch of 8 rollouts: the same estimator with
+    # per-sequence baselines and normalisation (tests/test_rl_microbatches.py).
     for method in ("llmr", "llmr-mean", "llmr-minvar", "ketchup"):
         settings = kconfig.optim_settings(config, method)
         assert (settings["lr"], settings["batch_size"], settings["grad_accum"], settings["eval_every"],
-                settings["max_grad_norm"], settings["mixed_precision"]) == (1e-5, 1, 8, 8, None, "no"), method
+                settings["max_grad_norm"], settings["mixed_precision"]) == (1e-5, 8, 1, 8, None, "no"), method
     assert config["teacher"]["finetune"] is False  # prompted teachers, as the reference
     assert kconfig.generation_settings(config, "xsum")["num_beams"] == 1
     for task in config["tasks"].values():

@@ -2,8 +2,8 @@
 
 GSM8K reference answers (hub schema, ``openai/gsm8k`` config ``main``) end in ``#### <number>`` and
 contain calculator annotations ``<<expr=result>>``. Model outputs may follow the same format, the
-``A: <number>`` format of the released example solutions, or be free text. Following DESIGN.md
-section 4, the answer is the number after the last ``####`` (commas removed), falling back to the
+``A: <number>`` format of the released example solutions, or be free text. As docs/data.md
+('Metrics') says, the answer is the number after the last ``####`` (commas removed), falling back to the
 last number in the text, and answers are compared numerically.
 """
 

@@ -1,4 +1,4 @@
-"""The GSM8K calculator, as the reference decodes every GSM8K model (DESIGN.md sections 4 and 7).
+"""The GSM8K calculator, as the reference decodes every GSM8K model (docs/data.md, 'GSM8K's calculator'; docs/math.md, 'The reference code, as it runs').
 
 GSM8K answers carry calculator annotations ``<<48/2=24>>``. With ``tasks.gsm8k.calculator`` on, the
 targets keep them, rewritten as the reference does, ``[ 48/2 = 24 ]`` (:func:`annotate`): T5's

@@ -41,7 +41,7 @@ def schema_defaults(*where: str) -> dict[str, Any]:
     return {name: copy.deepcopy(prop["default"]) for name, prop in node["properties"].items() if "default" in prop}
 
 
-# Reference defaults (DESIGN.md section 2); the config overrides any of them.
+# Reference defaults (docs/settings.md); the config overrides any of them.
 RL_DEFAULTS = schema_defaults("properties", "rl")
 OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")

@@ -54,6 +54,14 @@ class Prepared:
         return Prepared(b, self.old_logp[index][:, :width], self.advantages[index][:, :width], self.scale)
 
 
+def _rows(b: Batch | Prepared) -> Batch:
+    return b.batch if isinstance(b, Prepared) else b
+
+
+def _scale(b: Batch | Prepared) -> float:
+    return b.scale if isinstance(b, Prepared) else 1.0
+
+
 @dataclass
 class Objective:
     method: str
@@ -83,9 +91,8 @@ class Objective:
 
     @staticmethod
     def real_tokens(batches: dict[str, Any]) -> float:
-        """The real target tokens of one micro-batch (what the loop normalises the loss by)."""
-        return sum(float(b.target_mask.sum()) * b.scale if isinstance(b, Prepared) else float(b.target_mask.sum())
-                   for b in batches.values())
+        """The real target tokens of one micro-batch (logged; PPO's stand-in rows count for nothing)."""
+        return sum(float(_rows(b).target_mask.sum()) * _scale(b) for b in batches.values())
 
     def updates(self, student, micro: list[dict[str, Batch]], *, seed: int, step: int
                 ) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
@@ -162,12 +169,23 @@ class Objective:
                         sample=self.rl["rollout"] == "sample", dropout=bool(self.rl["rollout_dropout"]),
                         logits_processor=self.logits_processor)
 
+    @property
+    def normalize(self) -> str:
+        """How the step averages the loss (``objectives.normalization``): RL follows ``rl.normalize``;
+        every other method averages over tokens."""
+        return self.rl["normalize"] if self.family == "rl" else "token"
+
+    def units(self, batches: dict[str, Batch]) -> float:
+        """This micro-batch's share of the step's normaliser (its tokens, or its sequences)."""
+        return sum(objectives.normalization(_rows(b).target_mask, self.normalize)[1] * _scale(b)
+                   for b in batches.values())
+
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch) -> torch.Tensor:
         return target_logits(self.teacher, self.arch, batch).float()
 
     def loss(self, student, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Per-token loss [B, T] and mask; the loop sums and divides by the real-token count."""
+        """Per-token loss [B, T] and mask; the loop sums it and divides by the step's ``units``."""
         if self.family == "supervised":
             b = batches["data"]
             return objectives.cross_entropy(target_logits(student, self.arch, b), b.target_ids, b.target_mask), \
@@ -212,6 +230,8 @@ class Objective:
             token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
             baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"],
             entropy_coef=rl["entropy_coef"])
+        row_scale, _ = objectives.normalization(b.target_mask, self.normalize)
+        per_token = per_token * row_scale
         n = float(b.target_mask.sum())
         rewards = objectives.one_step_rewards(q, v, b.target_mask)
         stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
@@ -223,6 +243,6 @@ class Objective:
         per_token, stats = objectives.ppo_clip_loss(
             target_logits(student, self.arch, b), b.target_ids, p.old_logp, p.advantages, b.target_mask,
             clip_eps=self.rl["ppo_clip"], entropy_coef=self.rl["entropy_coef"])
-        if p.scale != 1.0:
-            per_token = per_token * p.scale
-        return per_token, b.target_mask * p.scale, stats
+        row_scale, _ = objectives.normalization(b.target_mask, self.normalize)  # as _policy_gradient
+        per_token = per_token * (row_scale * p.scale)
+        return per_token, b.target_mask, stats

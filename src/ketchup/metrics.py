@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md section 4): thin wrappers over the reference libraries.
+"""Evaluation metrics (docs/data.md, 'Metrics'): thin wrappers over the reference libraries.
 
 All corpus-level scores are on the 0-100 scale.
 

@@ -1,4 +1,4 @@
-"""Distillation objectives as pure functions of logits, tokens and masks (DESIGN.md section 2).
+"""Distillation objectives as pure functions of logits, tokens and masks (docs/math.md).
 
 Everything here is torch only: no models, no tokenizers, no I/O. Shapes follow one convention:
 
@@ -16,7 +16,8 @@ representable in float32 (those have log-probability above -104).
 
 Per-token outputs are *not* averaged: the caller sums them and divides by the number of real target
 tokens of the whole optimisation step, so that normalisation across gradient accumulation happens
-outside these functions (DESIGN.md section 2: "normalise by the number of real target tokens").
+outside these functions (docs/math.md, 'The policy-gradient loss': normalise by the number of real
+target tokens of the whole optimizer step).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = [
     "policy_gradient_loss",
     "policy_advantages",
     "ppo_clip_loss",
+    "NORMALIZATIONS",
+    "normalization",
     "score_norms",
     "minvar_baseline",
     "cross_entropy",
@@ -47,6 +50,7 @@ _TOKEN_WEIGHTS = ("prob", "one")
 _BASELINES = ("none", "mean", "minvar")
 _BASELINE_SCOPES = ("sequence", "batch")
 _VALUES = ("max", "expectation")
+NORMALIZATIONS = ("sequence", "token")
 # Work over the vocabulary is done on at most this many [rows x V] float32 elements at a time (64 MiB):
 # at a real vocabulary (49,152 to 151,936 entries) the float32 intermediates of a whole batch
 # (log-softmaxes, probabilities, mixtures, kept for the backward pass) dominate a training step's
@@ -579,6 +583,29 @@ def ppo_clip_loss(
             "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
         }
     return _scatter(values, m), stats
+
+
+def normalization(mask: torch.Tensor, normalize: str = "token") -> tuple[torch.Tensor, float]:
+    """How a micro-batch's per-token loss enters the step's average: (row_scale [B, 1], units).
+
+    The training loop computes, over every micro-batch of an optimizer step (and every process),
+
+        loss = sum_i row_scale_i * sum_t loss_it / sum units
+
+        token:    row_scale_i = 1,      units = sum_i n_i    ->  loss = (1 / #tokens) sum_i sum_t loss_it
+        sequence: row_scale_i = 1 / n_i, units = #sequences  ->  loss = (1 / #seqs) sum_i (1 / n_i) sum_t loss_it
+
+    with n_i the real tokens of row i. ``sequence`` is the reference's RL loss (each sequence's summed
+    loss over its own token count, averaged over the 8 accumulated sequences of an update): every
+    sequence weighs the same whatever its length, and how the step's sequences are split into
+    micro-batches does not change it. Rows without a real token count for nothing.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; allowed: {', '.join(NORMALIZATIONS)}")
+    lengths = _as_bool_mask(mask, mask.shape).sum(1, keepdim=True).float()
+    if normalize == "token":
+        return torch.ones_like(lengths), float(lengths.sum())
+    return torch.where(lengths > 0, 1.0 / lengths.clamp(min=1.0), 0.0), float((lengths > 0).sum())
 
 
 def cross_entropy(student_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

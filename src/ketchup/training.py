@@ -195,15 +195,17 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
 
 def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objective: Objective,
                     micro: list[dict], settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """One update from the rolled-out micro-batches; the loss is normalised by the real target tokens
-    of the whole optimizer step (after generation, across gradient accumulation and processes)."""
+    """One update from the rolled-out micro-batches; the loss is normalised over the whole optimizer
+    step (after generation, across gradient accumulation and processes): by its real target tokens,
+    or for RL with ``rl.normalize: sequence`` by its sequences (``objectives.normalization``)."""
     world, accum = accelerator.num_processes, len(micro)
-    tokens = torch.tensor(sum(objective.real_tokens(mb) for mb in micro), device=accelerator.device)
-    tokens = accelerator.reduce(tokens, "sum") if world > 1 else tokens
+    counts = torch.tensor([sum(objective.real_tokens(mb) for mb in micro),
+                           sum(objective.units(mb) for mb in micro)], device=accelerator.device)
+    tokens, units = accelerator.reduce(counts, "sum") if world > 1 else counts
     loss_total, stats_sum = 0.0, {}
     for mb in micro:
         per_token, mask, stats = objective.loss(model, mb)
-        loss = per_token.sum() / tokens.clamp(min=1.0) * world  # DDP averages over processes
+        loss = per_token.sum() / units.clamp(min=1.0) * world  # DDP averages over processes
         accelerator.backward(loss)
         loss_total += float(loss.detach()) / world
         for k, v in stats.items():

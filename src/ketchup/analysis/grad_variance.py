@@ -1,6 +1,6 @@
 """Variance of the policy-gradient estimator at the KL student, for each K, on shared rollouts.
 
-For one task, student size and seed (DESIGN.md section 2; the RL students start from this model):
+For one task, student size and seed (docs/math.md, 'K-step returns'; the RL students start from this model):
 
 1. draw ``n_minibatches`` minibatches of ``batch_size`` training sources once (seeded permutation of
    the RL training data, results/teacher_outputs/{task}/train.jsonl) and decode one rollout per

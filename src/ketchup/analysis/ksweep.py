@@ -4,7 +4,7 @@ The sweep's run for K is the student trained with KETCHUP's loss at that K: meth
 except that the pipeline reuses identical runs instead of training them twice (the Snakefile's
 ``sweep_run``, recorded in the ``run`` column): K equal to the task's K is the ``ketchup`` run,
 and K = 1 is the ``llmr`` run when llmr and ketchup share their training settings (KETCHUP with
-K = 1 is exactly LLMR, DESIGN.md section 2).
+K = 1 is exactly LLMR, docs/math.md 'K-step returns').
 """
 
 from __future__ import annotations

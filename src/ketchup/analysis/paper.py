@@ -1,4 +1,4 @@
-"""paper_comparison.csv: our main-table numbers beside the paper's (DESIGN.md section 3).
+"""paper_comparison.csv: our main-table numbers beside the paper's (docs/math.md, 'What the paper reports').
 
 The paper's numbers live in ``paper_numbers.csv`` beside this module: the seq2seq setting (``t5``:
 Flan-T5-XL teacher, T5-base student) and the decoder-only setting (``qwen``: Qwen1.5-4B ->

@@ -22,7 +22,7 @@ from ketchup.io import DataError, numbered_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
-# Hub names and configs of the paper's datasets (DESIGN.md section 4), and their split names.
+# Hub names and configs of the paper's datasets (docs/data.md, 'Record fields of each task'), and their split names.
 HUB = {
     "xsum": ("EdinburghNLP/xsum", None, {"train": "train", "dev": "validation", "test": "test"}),
     "en_nl": ("Helsinki-NLP/europarl", "en-nl", None),  # train only: dev/test are seeded subsets
