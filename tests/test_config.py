@@ -145,15 +145,21 @@ def test_method_names_agree_everywhere(monkeypatch):
     assert METHOD_ORDER == ["teacher", *methods] and set(METHOD_NAMES) == set(METHOD_ORDER)
     assert set(paper_numbers().method) <= set(METHOD_ORDER)
     assert {m: method_k(m, 8) for m in registry.RL_METHODS} == {"llmr": 1, "llmr-mean": 1, "llmr-minvar": 1,
-                                                               "ketchup": 8}
+                                                               "ketchup": 8, "llmr-ppo": 1, "ketchup-ppo": 8}
+    assert registry.PPO_METHODS == ["llmr-ppo", "ketchup-ppo"] and registry.K_SWEEP == "ketchup"
+    assert registry.method_and_k("ketchup-ppo", 8) == ("ketchup-ppo", 8)
+    assert METHOD_NAMES["ketchup-ppo"] == "KETCHUP + PPO" and METHOD_NAMES["ketchup"] == "KETCHUP"
     assert method_k("ketchup-k4", 8) == 4 and method_k("kl", 8) is None
     common = (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert "method=registry.run_pattern()" in common
     for path in [REPO_ROOT / "config.yaml", *PAPER_CONFIGS]:
         config = kconfig.read(path)
-        assert config["methods"] == methods, path.name
+        # every method, but the paper's own runs: the paper's methods (PPO is beyond the paper)
+        paper = [m for m in methods if not registry.get(m).ppo]
+        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "smollm2_gsm8k.yaml")
+        assert config["methods"] == (paper if paper_run else methods), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
-        overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS]
+        overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS if m in config["methods"]]
         assert all(o == overrides[0] for o in overrides), path.name
     # A method added to the registry alone is known everywhere the names are read from it.
     new = registry.Method("new-rl", "rl", "teacher", "task", "kl")
@@ -332,7 +338,8 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
     """The schema's default: values are the only defaults; these are the values the code had (docs/settings.md)."""
     assert kconfig.RL_DEFAULTS == {"rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence",
                                    "value": "max", "clip": 50.0, "denom": 1.0, "token_weight": "prob",
-                                   "entropy_coef": 0.0, "normalize": "sequence"}
+                                   "entropy_coef": 0.0, "normalize": "sequence", "ppo_epochs": 4,
+                                   "ppo_minibatches": 1, "ppo_clip": 0.2}
     assert kconfig.OPTIM_DEFAULTS == {"lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "max_steps": None,
                                       "batch_size": 16, "grad_accum": 1, "warmup_steps": 0, "lr_schedule": "constant",
                                       "max_grad_norm": 1.0, "eval_every": 100, "dev_eval_examples": 100, "checkpoint_every": 50,
@@ -397,3 +404,27 @@ def test_the_study_config_is_the_default_with_three_seeds_larger_test_sets_and_r
             {k: v for k, v in default["tasks"][task].items() if k != "n_test"}
     assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train")} == \
         {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train")}
+
+
+def test_ppo_settings_reach_the_ppo_methods_only(default_config):
+    """rl.ppo_* are in the PPO methods' specs; every other method's spec (and so its resume
+    fingerprint and Snakemake's params) is what it was before they existed."""
+    default_config["rl"] = {**default_config.get("rl", {}), "ppo_epochs": 2}
+    ppo = kconfig.rl_settings(default_config, "ketchup-ppo")
+    assert ppo["ppo_epochs"] == 2 and ppo["ppo_minibatches"] == kconfig.RL_DEFAULTS["ppo_minibatches"]
+    assert kconfig.rl_settings(default_config, "llmr-ppo") == ppo
+    for method in ("ketchup", "ketchup-k4", "llmr", "kl"):
+        assert not set(kconfig.PPO_KEYS) & set(kconfig.rl_settings(default_config, method))
+        assert kconfig.rl_settings(default_config, method) == {
+            k: v for k, v in kconfig.rl_settings(default_config).items() if k not in kconfig.PPO_KEYS}
+
+
+def test_more_ppo_minibatches_than_rollouts_is_refused(default_config):
+    default_config["rl"] = {**default_config.get("rl", {}), "ppo_minibatches": 64}
+    default_config.setdefault("method_overrides", {})["ketchup-ppo"] = {"batch_size": 32}
+    with pytest.raises(kconfig.ConfigError, match="rl.ppo_minibatches"):
+        kconfig.validate(default_config)
+    default_config["rl"]["ppo_minibatches"] = 32
+    kconfig.validate(default_config)
+    default_config["rl"]["ppo_clip"] = 1.0
+    _raises(default_config, "rl.ppo_clip")

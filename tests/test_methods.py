@@ -231,3 +231,112 @@ def test_dev_evaluation_and_predictions_decode_in_eval_mode(arch, tok):
     first = generate_texts(student, tok, arch, SOURCES, gen, 32)
     assert modes and set(modes) == {False} and student.training
     assert generate_texts(student, tok, arch, SOURCES, gen, 32) == first
+
+
+# --- PPO (ketchup-ppo, llmr-ppo) ------------------------------------------------------------------
+
+def _no_dropout(arch, tok, seed):
+    config = {**ARCHS[arch], **({"dropout_rate": 0.0} if arch == "seq2seq" else {"attention_dropout": 0.0})}
+    return build_model(arch, {"config": config}, tok, seed=seed).train()
+
+
+def _step_grad(student, objective, micro):
+    """The gradient of one optimizer update over ``micro``, normalised as the loop does (one process)."""
+    student.zero_grad()
+    units = sum(objective.units(mb) for mb in micro)
+    for mb in micro:
+        per_token, _, _ = objective.loss(student, mb)
+        (per_token.sum() / units).backward()
+    return [p.grad.clone() for p in student.parameters()]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method,k", [("ketchup", 3), ("llmr", 1)])
+@pytest.mark.parametrize("normalize", ["sequence", "token"])
+def test_ppo_with_one_pass_and_one_minibatch_is_its_method(arch, method, k, normalize, tok):
+    """With dropout 0, pi_old is pi_theta on the first update: one pass in one minibatch gives the
+    gradient of the method without PPO on the same rollouts (r = 1), under either rl.normalize."""
+    student, teacher = _no_dropout(arch, tok, 0), _no_dropout(arch, tok, 1).eval()
+    rl = {**RL_DEFAULTS, "rollout": "sample", "normalize": normalize, "ppo_epochs": 1, "ppo_minibatches": 1}
+    plain = Objective(method, arch, tok, teacher=teacher, max_new_tokens=6, rl=rl, k=k)
+    ppo = Objective(f"{method}-ppo", arch, tok, teacher=teacher, max_new_tokens=6, rl=rl, k=k)
+    torch.manual_seed(0)
+    micro = [plain.rollout(student, make_batch(tok, s, t, arch, 32, 16))
+             for s, t in ((SOURCES, TARGETS), (SOURCES[::-1], TARGETS[::-1]))]
+    updates, stats = ppo.updates(student, micro, seed=0, step=0)
+    assert len(updates) == 1 and stats["rollouts"] == 4.0
+    got, want = _step_grad(student, ppo, updates[0]), _step_grad(student, plain, micro)
+    assert all(torch.allclose(g, w, atol=1e-7, rtol=1e-5) for g, w in zip(got, want))
+    assert sum(float(g.abs().sum()) for g in got) > 0
+    _, _, loss_stats = ppo.loss(student, updates[0][0])
+    assert loss_stats["mean_ratio"] == pytest.approx(1.0, abs=1e-6) and loss_stats["clip_fraction"] == 0.0
+
+
+def test_ppo_prepares_each_rollout_batch_once_and_keeps_its_old_log_probs(tok, monkeypatch):
+    """Teacher returns, log pi_old and the advantages are taken once per micro-batch of rollouts; the
+    later updates read them as stored, so after an optimizer step the ratio moves away from 1."""
+    student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
+    rl = {**RL_DEFAULTS, "rollout": "sample", "ppo_epochs": 3, "ppo_minibatches": 1}
+    ppo = Objective("ketchup-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=6, rl=rl, k=2)
+    torch.manual_seed(0)
+    micro = [ppo.rollout(student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))]
+    calls = []
+    prepare = Objective.prepare
+    monkeypatch.setattr(Objective, "prepare", lambda self, *a: calls.append(1) or prepare(self, *a))
+    updates, _ = ppo.updates(student, micro, seed=0, step=0)
+    assert len(calls) == 1 and len(updates) == 3
+    stored = updates[0][0]["ppo"].old_logp.clone()
+    optimizer = torch.optim.SGD(student.parameters(), lr=1.0)
+    ratios = []
+    for update in updates:
+        optimizer.zero_grad()
+        per_token, _, stats = ppo.loss(student, update[0])
+        (per_token.sum() / ppo.units(update[0])).backward()
+        optimizer.step()
+        ratios.append(stats["mean_ratio"])
+        assert torch.equal(update[0]["ppo"].old_logp, stored)
+    assert len(calls) == 1
+    assert ratios[0] == pytest.approx(1.0, abs=1e-6) and abs(ratios[1] - 1.0) > 1e-3
+
+
+def test_ppo_deals_every_rollout_once_per_pass_seeded_by_step(tok, monkeypatch):
+    from ketchup import methods
+
+    student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
+    rl = {**RL_DEFAULTS, "ppo_epochs": 2, "ppo_minibatches": 3}
+    ppo = Objective("llmr-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=4, rl=rl)
+    micro = [ppo.rollout(student, make_batch(tok, SOURCES * 4, TARGETS * 4, "seq2seq", 32, 16))]  # 8 rows
+    dealt = []
+    rows = methods.Prepared.rows
+    monkeypatch.setattr(methods.Prepared, "rows", lambda self, index: dealt.append(index.tolist()) or rows(self, index))
+
+    def deal(step):
+        dealt.clear()
+        updates, _ = ppo.updates(student, micro, seed=0, step=step)
+        assert len(updates) == 6
+        return [list(d) for d in dealt]
+
+    first = deal(0)
+    for epoch in (first[:3], first[3:]):
+        assert sorted(i for part in epoch for i in part) == list(range(8))  # each row once per pass
+        assert [len(p) for p in epoch] == [3, 3, 2] and all(p == sorted(p) for p in epoch)
+    assert first[:3] != first[3:]  # dealt anew each pass
+    assert deal(0) == first and deal(1) != first  # a resumed step deals the same
+
+
+def test_ppo_part_without_rows_weighs_nothing(tok):
+    """A micro-batch of 2 rollouts in 3 minibatches: the third update's stand-in row has no tokens and no gradient."""
+    student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
+    ppo = Objective("llmr-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=4,
+                    rl={**RL_DEFAULTS, "ppo_epochs": 1, "ppo_minibatches": 3})
+    micro = [ppo.rollout(student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))]
+    updates, _ = ppo.updates(student, micro, seed=0, step=0)
+    scales = [u[0]["ppo"].scale for u in updates]
+    assert scales == [1.0, 1.0, 0.0]
+    empty = updates[2][0]
+    assert ppo.units(empty) == 0.0 and ppo.real_tokens(empty) == 0.0
+    assert ppo.units(updates[0][0]) == 1.0  # one sequence (rl.normalize: sequence)
+    student.zero_grad()
+    per_token, _, _ = ppo.loss(student, empty)
+    per_token.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in student.parameters())

@@ -703,3 +703,114 @@ def test_chunked_vocabulary_work_equals_one_pass(what, monkeypatch):
         part, part_grad = run(chunk)
         assert torch.allclose(part, whole, atol=1e-6) and torch.allclose(part_grad, whole_grad, atol=1e-6)
     assert whole.abs().sum() > 0
+
+
+# --- PPO's clipped surrogate (ketchup-ppo, llmr-ppo) ---------------------------------------------
+
+
+def _ppo_case(seed=0, B=3, T=6, V=9):
+    gen = _gen(seed)
+    logits = torch.randn(B, T, V, generator=gen) * 2
+    tokens = torch.randint(0, V, (B, T), generator=gen)
+    advantages = torch.randn(B, T, generator=gen)
+    mask = _right_padded_mask([T, T - 2, 1][:B], T)
+    return logits, tokens, advantages, mask
+
+
+def _token_logp(logits, tokens):
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.1])
+def test_ppo_at_ratio_one_has_the_reinforce_gradient(entropy_coef):
+    """pi_old = pi_theta (r = 1, the first minibatch of the first pass): the gradient of the clipped
+    surrogate is the policy gradient's, -A grad log pi, whatever eps."""
+    logits, tokens, advantages, mask = _ppo_case()
+    old = _token_logp(logits, tokens).detach()
+    grads = []
+    for ppo in (True, False):
+        z = logits.clone().requires_grad_(True)
+        if ppo:
+            per_token, _ = objectives.ppo_clip_loss(z, tokens, old, advantages, mask, clip_eps=0.1,
+                                                    entropy_coef=entropy_coef)
+        else:
+            per_token, _ = objectives.policy_gradient_loss(z, tokens, advantages, mask, token_weight="one",
+                                                           clip=None, entropy_coef=entropy_coef)
+        per_token.sum().backward()
+        grads.append(z.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def test_ppo_clip_zeroes_the_gradient_only_on_the_side_the_min_selects():
+    """One real token per row, ratio set by hand: A > 0 with r > 1 + eps and A < 0 with r < 1 - eps
+    get no gradient; A > 0 with r < 1 - eps, A < 0 with r > 1 + eps and r inside the range get
+    -A r (e_y - pi) with respect to the logits."""
+    eps, V = 0.2, 5
+    gen = _gen(3)
+    logits = torch.randn(6, 1, V, generator=gen)
+    tokens = torch.tensor([[0], [1], [2], [3], [4], [0]])
+    ratio = torch.tensor([1.5, 0.5, 0.5, 1.5, 1.1, 0.9])
+    adv = torch.tensor([2.0, -1.0, 2.0, -1.0, 3.0, -3.0])[:, None]
+    zero = [True, True, False, False, False, False]
+    logp = _token_logp(logits, tokens)
+    old = logp - ratio.log()[:, None]  # r = exp(logp - old)
+    z = logits.clone().requires_grad_(True)
+    per_token, stats = objectives.ppo_clip_loss(z, tokens, old, adv, torch.ones(6, 1), clip_eps=eps)
+    per_token.sum().backward()
+    pi = torch.softmax(logits, -1)[:, 0]
+    for i in range(6):
+        if zero[i]:
+            assert torch.equal(z.grad[i, 0], torch.zeros(V))
+        else:
+            want = -adv[i, 0] * ratio[i] * (F.one_hot(tokens[i, 0], V).float() - pi[i])
+            assert torch.allclose(z.grad[i, 0], want, atol=1e-6)
+    # values: -min(r A, clip(r) A), by hand
+    want = [-min(r * a, min(max(r, 1 - eps), 1 + eps) * a) for r, a in zip(ratio.tolist(), adv[:, 0].tolist())]
+    assert per_token[:, 0].tolist() == pytest.approx(want, rel=1e-5)
+    assert stats["clip_fraction"] == pytest.approx(4 / 6)
+    assert stats["approx_kl"] == pytest.approx(float(((ratio - 1) - ratio.log()).mean()), rel=1e-5)
+    assert stats["mean_ratio"] == pytest.approx(float(ratio.mean()), rel=1e-6)
+
+
+def test_ppo_loss_is_padding_invariant_and_never_reads_padding():
+    logits, tokens, advantages, mask = _ppo_case(1)
+    old = _token_logp(logits, tokens).detach() + 0.3 * torch.randn(mask.shape, generator=_gen(2))
+    full, stats = objectives.ppo_clip_loss(logits, tokens, old, advantages, mask)
+    # garbage (NaN, bad ids) everywhere the mask is 0, and two more padding columns
+    pad = lambda t, value: torch.cat([t, torch.full((*t.shape[:1], 2, *t.shape[2:]), value, dtype=t.dtype)], 1)  # noqa: E731
+    real = mask.bool()
+    bad_logits = pad(logits.masked_fill(~real[..., None], float("nan")), float("nan"))
+    bad_tokens = pad(tokens.masked_fill(~real, -100), -100)
+    bad_old = pad(old.masked_fill(~real, float("nan")), float("nan"))
+    bad_adv = pad(advantages.masked_fill(~real, float("inf")), float("inf"))
+    padded, padded_stats = objectives.ppo_clip_loss(bad_logits, bad_tokens, bad_old, bad_adv, pad(mask, 0.0))
+    assert torch.equal(padded[:, : mask.shape[1]], full) and torch.equal(padded[:, mask.shape[1]:], torch.zeros(3, 2))
+    assert padded_stats == stats
+    # each row alone, unpadded, gives its row of the batch
+    for i, n in enumerate(mask.sum(1).long().tolist()):
+        alone, _ = objectives.ppo_clip_loss(logits[i: i + 1, :n], tokens[i: i + 1, :n], old[i: i + 1, :n],
+                                            advantages[i: i + 1, :n], torch.ones(1, n))
+        assert torch.allclose(alone[0], full[i, :n], atol=1e-7)
+
+
+@pytest.mark.parametrize("baseline,token_weight,scope", [("none", "prob", "sequence"), ("mean", "one", "sequence"),
+                                                         ("minvar", "prob", "sequence"), ("minvar", "one", "batch")])
+def test_policy_advantages_are_the_policy_gradient_losses(baseline, token_weight, scope):
+    """policy_advantages gives the A_t and log pi of policy_gradient_loss: -logp * A is its per-token loss."""
+    logits, tokens, returns, mask = _ppo_case(4)
+    returns = returns * 5
+    kwargs = dict(token_weight=token_weight, denom=2.0, clip=3.0, baseline=baseline, baseline_scope=scope)
+    adv, logp, stats = objectives.policy_advantages(logits, tokens, returns, mask, **kwargs)
+    per_token, pg_stats = objectives.policy_gradient_loss(logits, tokens, returns, mask, **kwargs)
+    assert torch.equal(-logp * adv, per_token)
+    assert torch.equal(logp, _token_logp(logits, tokens) * mask)
+    assert stats == pg_stats
+    assert not adv.requires_grad and not logp.requires_grad
+
+
+def test_ppo_clip_eps_must_lie_between_zero_and_one():
+    logits, tokens, advantages, mask = _ppo_case()
+    for eps in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="clip_eps"):
+            objectives.ppo_clip_loss(logits, tokens, advantages, advantages, mask, clip_eps=eps)

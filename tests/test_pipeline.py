@@ -17,7 +17,8 @@ from snakemake_runner import REPO_ROOT, SNAKEMAKE, snakemake, write_config
 
 TEST_CONFIG = REPO_ROOT / "workflow" / "configs" / "test.yaml"
 DECODER_CONFIG = REPO_ROOT / "workflow" / "configs" / "test_decoder.yaml"
-ALL_METHODS = {"prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup"}
+ALL_METHODS = {"prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup",
+               "llmr-ppo", "ketchup-ppo"}
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +46,8 @@ def test_lint_is_clean():
 def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, None, "-n", "results/tables/main.csv")
     out = proc.stdout + proc.stderr
-    # 3 tasks x 2 student sizes x 10 methods x 1 seed; each size pretrained per task
-    for rule, count in {"student": 60, "score_student": 60, "teacher": 3, "pretrain": 6, "main_table": 1}.items():
+    # 3 tasks x 2 student sizes x 12 methods x 1 seed; each size pretrained per task
+    for rule, count in {"student": 72, "score_student": 72, "teacher": 3, "pretrain": 6, "main_table": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
     assert not (tmp_path / "results").exists()
 
@@ -65,7 +66,7 @@ def test_seq2seq_main_table(seq2seq_run):
     assert table["mean"].between(0, 100).all()
     assert (table["seeds"] == 1).all() and table["std"].isna().all()
     k = table.set_index(["task", "method"])["k"].groupby(level=[0, 1]).first()
-    assert k[("en_nl", "ketchup")] == 2
+    assert k[("en_nl", "ketchup")] == 2 and k[("en_nl", "ketchup-ppo")] == 2 and k[("en_nl", "llmr-ppo")] == 1
     assert k[("en_nl", "llmr")] == 1 and k[("en_nl", "llmr-mean")] == 1 and k[("en_nl", "llmr-minvar")] == 1
     assert pd.isna(k[("en_nl", "kl")])
 

@@ -325,3 +325,50 @@ def test_group_by_length_changes_the_batches_and_resumes_to_the_same_numbers(wor
     rerun = _run(world, grouped, run)
     assert "resuming from step 2 of 4" in capsys.readouterr().err
     _same(rerun, first)
+
+
+# --- PPO: several updates per rollout batch ----------------------------------------------------------
+
+PPO_RL = {"ppo_epochs": 2, "ppo_minibatches": 2}
+
+
+def test_ppo_schedule_counts_updates_over_steps_of_rollouts(world, tmp_path):
+    """4 steps of 2 x 2 updates: the linear schedule spans the 16 updates and reaches 0 at the last,
+    logged after each step's last update as for one update a step; warmup counts steps too."""
+    init = world["teacher"]
+    spec = _spec("ketchup-ppo", rl=PPO_RL, train={"lr_schedule": "linear", "lr": 1e-3})
+    rows = [r for r in _run(world, spec, tmp_path / "run", init=init)["metrics"] if "lr" in r]
+    assert [r["lr"] for r in rows] == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])
+    assert [r["updates"] for r in rows] == [4] * 4 and all(r["rollouts"] == 8.0 for r in rows)
+    assert all(0.0 <= r["clip_fraction"] <= 1.0 and r["approx_kl"] >= 0.0 for r in rows)
+    warm = _spec("ketchup-ppo", rl={"ppo_epochs": 1, "ppo_minibatches": 2},
+                 train={"warmup_steps": 2, "lr": 1e-3, "max_steps": 3})
+    lrs = [r["lr"] for r in _run(world, warm, tmp_path / "warm", init=init)["metrics"] if "lr" in r]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3])
+
+
+def test_ppo_run_killed_inside_a_rollout_batch_resumes_to_the_same_numbers(world, tmp_path, capsys, monkeypatch):
+    """Checkpoints stay at rollout-batch boundaries: a run killed after the first update of step 3
+    (checkpoint at step 2) reruns that step's rollouts and updates and ends as an uninterrupted run."""
+    from ketchup import training
+
+    init = world["teacher"]
+    spec = _spec("ketchup-ppo", rl=PPO_RL)
+    fresh = _run(world, spec, tmp_path / "fresh", init=init)
+    calls = []
+    step = training._optimizer_step
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * 4 + 2:  # the second update of step 3
+            raise KeyboardInterrupt
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_optimizer_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, spec, tmp_path / "run", init=init)
+    monkeypatch.setattr(training, "_optimizer_step", step)
+    capsys.readouterr()
+    rerun = _run(world, spec, tmp_path / "run", init=init)
+    assert "resuming from step 2 of 4" in capsys.readouterr().err
+    _same(rerun, fresh)
