@@ -778,7 +778,8 @@ def test_ppo_loss_is_padding_invariant_and_never_reads_padding():
     old = _token_logp(logits, tokens).detach() + 0.3 * torch.randn(mask.shape, generator=_gen(2))
     full, stats = objectives.ppo_clip_loss(logits, tokens, old, advantages, mask)
     # garbage (NaN, bad ids) everywhere the mask is 0, and two more padding columns
-    pad = lambda t, value: torch.cat([t, torch.full((*t.shape[:1], 2, *t.shape[2:]), value, dtype=t.dtype)], 1)  # noqa: E731
+    def pad(t, value):
+        return torch.cat([t, torch.full((t.shape[0], 2, *t.shape[2:]), value, dtype=t.dtype)], 1)
     real = mask.bool()
     bad_logits = pad(logits.masked_fill(~real[..., None], float("nan")), float("nan"))
     bad_tokens = pad(tokens.masked_fill(~real, -100), -100)

@@ -225,8 +225,9 @@ def _step_row(results: list[tuple[dict[str, float], dict[str, float]]], batch_st
               ) -> tuple[dict[str, float], dict[str, float]]:
     """One log row per step from its updates' rows: one update's as it is; several (PPO): loss,
     grad_norm and the loss's statistics averaged over the updates, the lr after the last, the tokens
-    of all updates (each pass counts the batch's tokens once), the number of updates, the last update's approx_kl (old policy against the
-    one the last update started from), and ``batch_stats`` (``Objective.updates``)."""
+    of all updates (each pass counts the batch's tokens once), the number of updates, the last
+    update's approx_kl (old policy against the one the last update started from), and
+    ``batch_stats`` (``Objective.updates``: rollouts, returns, advantages, rewards)."""
     if len(results) == 1:
         row, stats = results[0]
         return row, {**batch_stats, **stats}
