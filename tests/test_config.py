@@ -409,9 +409,10 @@ def test_the_study_config_is_the_default_with_three_seeds_larger_test_sets_and_r
 def test_ppo_settings_reach_the_ppo_methods_only(default_config):
     """rl.ppo_* are in the PPO methods' specs; every other method's spec (and so its resume
     fingerprint and Snakemake's params) is what it was before they existed."""
-    default_config["rl"] = {**default_config.get("rl", {}), "ppo_epochs": 2}
+    default_config["rl"] = {k: v for k, v in default_config.get("rl", {}).items() if k != "ppo_minibatches"}
+    default_config["rl"]["ppo_epochs"] = 3
     ppo = kconfig.rl_settings(default_config, "ketchup-ppo")
-    assert ppo["ppo_epochs"] == 2 and ppo["ppo_minibatches"] == kconfig.RL_DEFAULTS["ppo_minibatches"]
+    assert ppo["ppo_epochs"] == 3 and ppo["ppo_minibatches"] == kconfig.RL_DEFAULTS["ppo_minibatches"]
     assert kconfig.rl_settings(default_config, "llmr-ppo") == ppo
     for method in ("ketchup", "ketchup-k4", "llmr", "kl"):
         assert not set(kconfig.PPO_KEYS) & set(kconfig.rl_settings(default_config, method))
