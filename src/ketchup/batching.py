@@ -10,12 +10,16 @@ the continuation only: the source as a user turn of the tokenizer's chat templat
 from __future__ import annotations
 
 import inspect
+import logging
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import GenerationConfig
+from transformers import CompileConfig, EncoderDecoderCache, GenerationConfig, StaticCache
 
 SEPARATOR = "\n"  # ends a decoder-only prompt, so prompt and continuation are tokenised apart
+CACHES = ("auto", "dynamic", "static")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,30 +141,121 @@ def decoding_config(tokenizer, max_new_tokens: int, sample: bool, num_beams: int
         bos_token_id=tokenizer.bos_token_id, use_cache=True)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every decode runs: the KV cache (``generation.cache``) and whether the decode step is
+    compiled (``generation.compile``). ``auto`` resolves on the model's device (``resolved``)."""
+    cache: str = "auto"
+    compile: bool | str = "auto"
+
+    @classmethod
+    def of(cls, gen: dict) -> "Decoding":
+        return cls(gen.get("cache", "auto"), gen.get("compile", "auto"))
+
+    def resolved(self, device: torch.device) -> tuple[str, bool]:
+        """(cache, compile) on ``device``. ``auto``: on CPU the dynamic cache, eager (fastest measured on
+        CPU, benchmarks/decode.py); on an accelerator a static cache with the decode step compiled
+        (transformers' fast path: fixed shapes, so one graph per shape)."""
+        if self.cache not in CACHES:
+            raise ValueError(f"config key 'generation.cache': {self.cache!r} is not one of {CACHES}")
+        on_cpu = device.type == "cpu"
+        cache = ("dynamic" if on_cpu else "static") if self.cache == "auto" else self.cache
+        compiled = (not on_cpu and cache == "static") if self.compile == "auto" else bool(self.compile)
+        if compiled and cache != "static":
+            raise ValueError("config key 'generation.compile': compiled decoding needs generation.cache: static "
+                             "(a dynamic cache changes shape every step)")
+        return cache, compiled
+
+
+def length_bucket(n: int, smallest: int = 16) -> int:
+    """The source width a static-cache decode pads to: the next power of two from ``smallest``, so
+    the shapes a compiled decode sees repeat (a handful per run) instead of one per batch."""
+    width = smallest
+    while width < n:
+        width *= 2
+    return width
+
+
+def pad_sources(batch: Batch, width: int, pad_id: int, arch: str) -> Batch:
+    """``batch`` with its sources padded to ``width`` columns (masked: the outputs do not change);
+    decoder-only prompts are padded on the left, as ``collate`` pads them."""
+    extra = width - batch.input_ids.shape[1]
+    if extra <= 0:
+        return batch
+    side = (extra, 0) if arch == "decoder" else (0, extra)
+    pad = torch.nn.functional.pad
+    return replace(batch, input_ids=pad(batch.input_ids, side, value=pad_id),
+                   attention_mask=pad(batch.attention_mask, side, value=0))
+
+
+# One static cache per model and shape, kept across calls and reset before each: a new cache per call
+# would re-record a compiled decode's graphs every call. Weak keys: a model's caches go with it.
+_STATIC_CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_GRAPHS = {"shapes": 0}
+
+
+def static_cache(model, arch: str, batch_size: int, source_width: int, max_new_tokens: int):
+    """The model's static cache for this shape, reset (empty); made on first use."""
+    caches = _STATIC_CACHES.setdefault(model, {})
+    key = (batch_size, source_width, max_new_tokens, next(model.parameters()).dtype)
+    if key not in caches:
+        config = model.config.get_text_config(decoder=True)
+        if arch == "seq2seq":  # self-attention over the outputs, cross-attention over the sources
+            caches[key] = EncoderDecoderCache(StaticCache(config=config, max_cache_len=max_new_tokens + 1),
+                                              StaticCache(config=config, max_cache_len=source_width))
+        else:
+            caches[key] = StaticCache(config=config, max_cache_len=source_width + max_new_tokens)
+        _GRAPHS["shapes"] += 1
+        log.info("static decode cache #%d: batch %d, sources %d, %d new tokens", _GRAPHS["shapes"], batch_size,
+                 source_width, max_new_tokens)
+    cache = caches[key]
+    cache.reset()
+    return cache
+
+
+def _compile_config(device: torch.device) -> CompileConfig:
+    """transformers' default for the decode step (CUDA graphs on a GPU); plain inductor on CPU."""
+    config = CompileConfig() if device.type == "cuda" else CompileConfig(mode="default")
+    config._compile_all_devices = device.type != "cuda"  # transformers compiles on accelerators only, unasked
+    return config
+
+
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
-             num_beams: int = 1, dropout: bool = False, logits_processor=None) -> Batch:
+             num_beams: int = 1, dropout: bool = False, logits_processor=None,
+             decoding: Decoding = Decoding("dynamic", False)) -> Batch:
     """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax).
 
     In eval mode, unless ``dropout``: then in train mode, so dropout perturbs the decode (the
     reference's RL rollouts). The model's mode is restored afterwards. ``logits_processor``: None, or
     a function of the number of leading non-generated columns that ``generate`` shows a processor,
-    returning a list of them (``ketchup.calculator.processors``).
+    returning a list of them (``ketchup.calculator.processors``). ``decoding``: the cache and
+    compilation (``Decoding``); with a static cache the sources are padded to ``length_bucket`` and
+    the model's cache for that shape is reused, so the tokens are those of the dynamic cache.
     """
     was_training = model.training
     model.train(dropout)
+    cache_kind, compiled = decoding.resolved(next(model.parameters()).device)
+    source, source_width, cache = batch, batch.input_ids.shape[1], None
+    if cache_kind == "static":
+        batch = pad_sources(batch, length_bucket(source_width), tokenizer.pad_token_id, arch)
+        cache = static_cache(model, arch, batch.input_ids.shape[0] * num_beams, batch.input_ids.shape[1],
+                             max_new_tokens)
     # generate() fills every setting left unset from the checkpoint's generation_config (sampling,
     # repetition penalty, lengths ...): decode against a blank one so only decoding_config counts.
     processors = None
     if logits_processor is not None:  # seq2seq: the decoder start token; decoder-only: the prompt
         processors = logits_processor(1 if arch == "seq2seq" else batch.input_ids.shape[1])
+    config = decoding_config(tokenizer, max_new_tokens, sample, num_beams,
+                             model.config.decoder_start_token_id if arch == "seq2seq" else None)
+    config.disable_compile = not compiled
+    if compiled:
+        config.compile_config = _compile_config(next(model.parameters()).device)
     inherited, model.generation_config = model.generation_config, GenerationConfig()
     try:
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             generation_config=decoding_config(
-                                 tokenizer, max_new_tokens, sample, num_beams,
-                                 model.config.decoder_start_token_id if arch == "seq2seq" else None),
-                             logits_processor=processors)
+                             generation_config=config, logits_processor=processors,
+                             **({"cache": cache} if cache is not None else {}))
     finally:
         model.generation_config = inherited
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
@@ -169,7 +264,7 @@ def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sam
         new = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=out.dtype, device=out.device)
     model.train(was_training)
     target_ids, target_mask = mask_after_eos(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return batch.with_targets(target_ids, target_mask)
+    return source.with_targets(target_ids, target_mask)  # the sources as given, without the bucket's padding
 
 
 def decode(tokenizer, batch: Batch) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ketchup import objectives
-from ketchup.batching import Batch, generate, target_logits
+from ketchup.batching import Batch, Decoding, generate, target_logits
 from ketchup import registry
 from ketchup.config import RL_DEFAULTS
 
@@ -43,6 +43,7 @@ class Objective:
     rl: dict[str, Any] = field(default_factory=dict)
     k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
     logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
+    decoding: Decoding = Decoding()  # the cache and compilation of student decodes (generation.cache / compile)
 
     def __post_init__(self) -> None:
         self.rl = {**RL_DEFAULTS, **self.rl}  # the settings a spec leaves out take the schema's defaults
@@ -58,7 +59,7 @@ class Objective:
         if self.family == "divergence":
             data, rest = split_for_two_sources(batch)
             sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
-                               logits_processor=self.logits_processor)
+                               logits_processor=self.logits_processor, decoding=self.decoding)
             return {"data": data, "student": sampled}
         return {"student": self.rl_rollout(student, batch)}
 
@@ -67,7 +68,7 @@ class Objective:
         ``rl.rollout_dropout`` (the reference decoded with the student in train mode) or in eval mode."""
         return generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens,
                         sample=self.rl["rollout"] == "sample", dropout=bool(self.rl["rollout_dropout"]),
-                        logits_processor=self.logits_processor)
+                        logits_processor=self.logits_processor, decoding=self.decoding)
 
     @property
     def normalize(self) -> str:
