@@ -102,7 +102,7 @@ def make_batch(tokenizer, sources: list[str], targets: list[str] | None, arch: s
 def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:
     """Logits [B, T, V] where position t scores ``batch.target_ids[:, t]`` (teacher forcing)."""
     if arch == "seq2seq":
-        start = model.config.decoder_start_token_id
+        start = getattr(model, "module", model).config.decoder_start_token_id  # DDP wraps it
         decoder_input_ids = torch.cat([torch.full_like(batch.target_ids[:, :1], start), batch.target_ids[:, :-1]], 1)
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      decoder_input_ids=decoder_input_ids).logits
