@@ -191,7 +191,7 @@ def pad_sources(batch: Batch, width: int, pad_id: int, arch: str) -> Batch:
 # One static cache per model and shape, kept across calls and reset before each: a new cache per call
 # would re-record a compiled decode's graphs every call. Weak keys: a model's caches go with it.
 _STATIC_CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-_GRAPHS = {"shapes": 0}
+_GRAPHS = {"shapes": 0, "compiled": 0}  # static cache shapes made and decode graphs compiled, this process
 
 
 def static_cache(model, arch: str, batch_size: int, source_width: int, max_new_tokens: int):
@@ -213,11 +213,22 @@ def static_cache(model, arch: str, batch_size: int, source_width: int, max_new_t
     return cache
 
 
+# Dynamo compiles one graph per decode shape and, past its recompile limit (8 by default), silently
+# falls back to eager: a run's shapes (batch sizes x source buckets) fit under this one.
+RECOMPILE_LIMIT = 64
+
+
 def _compile_config(device: torch.device) -> CompileConfig:
     """transformers' default for the decode step (CUDA graphs on a GPU); plain inductor on CPU."""
     config = CompileConfig() if device.type == "cuda" else CompileConfig(mode="default")
     config._compile_all_devices = device.type != "cuda"  # transformers compiles on accelerators only, unasked
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return config
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
 
 
 @torch.no_grad()
@@ -251,6 +262,7 @@ def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sam
     config.disable_compile = not compiled
     if compiled:
         config.compile_config = _compile_config(next(model.parameters()).device)
+    graphs = _graphs() if compiled else 0
     inherited, model.generation_config = model.generation_config, GenerationConfig()
     try:
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -258,6 +270,13 @@ def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sam
                              **({"cache": cache} if cache is not None else {}))
     finally:
         model.generation_config = inherited
+    if compiled and _graphs() > graphs:
+        _GRAPHS["compiled"] += _graphs() - graphs
+        log.info("decode step compiled again (%d graphs in this process, %d static cache shapes)",
+                 _GRAPHS["compiled"], _GRAPHS["shapes"])
+        if _GRAPHS["compiled"] >= RECOMPILE_LIMIT:
+            log.warning("%d compiled decode graphs: past torch._dynamo's recompile limit decodes run eagerly; "
+                        "fewer shapes (one generation.batch_size, shorter sources) avoid it", _GRAPHS["compiled"])
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
     new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]
     if new.shape[1] == 0:
