@@ -207,6 +207,7 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
                    init_dir: str | None, ckpt_dir: str, out_dir: str) -> None:
     from ketchup import registry
+    from ketchup.batching import Decoding
     from ketchup.calculator import processors
     from ketchup.methods import Objective
     from ketchup.models import load_model
