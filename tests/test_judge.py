@@ -611,12 +611,16 @@ def test_response_format_is_a_json_schema_of_the_criteria(tmp_path, key_env, ser
 
 
 @pytest.mark.parametrize("status", [400, 422])
-def test_refused_response_format_is_detected_once_per_run(tmp_path, key_env, status):
+def test_refused_response_format_is_detected_once_per_run(tmp_path, key_env, status, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ketchup.judge")
     rows = [(f"e{i}", f"s{i}", f"q={1 + i}") for i in range(8)]
     preds = write_preds(tmp_path / "p.jsonl", rows)
     with FakeJudgeServer(delay=0.05, refuse_response_format=status) as srv:
         for run in range(2):  # each run finds out once (its own cache, so both ask everything)
             n0 = srv.n_requests
+            caplog.clear()
             out = tmp_path / f"run{run}" / "scores.jsonl"
             s = score_run(make_cfg(srv, concurrency=4), "xsum", preds, out, tmp_path / f"cache{run}")
             reqs = srv.requests[n0:]
@@ -625,6 +629,8 @@ def test_refused_response_format_is_detected_once_per_run(tmp_path, key_env, sta
             assert [r["status"] for r in reqs] == [status] + [200] * 8
             assert reqs[0]["response_format"] is not None and all(r["response_format"] is None for r in reqs[1:])
             assert s["this_run"]["structured_output"] == "refused" and s["this_run"]["api_requests"] == 9
+            said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(said) == 1 and f"HTTP {status} to response_format" in said[0], said  # logged once
             assert s["n_valid"] == 8 and [r["scores"] for r in read_jsonl(out)] == [expected_scores(1 + i) for i in range(8)]
         assert srv.max_in_flight > 1
         # a rerun from the cache asks nothing: the key is the request as configured
