@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import os
+    import signal
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its server
     os.environ.setdefault(KEY_ENV, "not-checked-by-this-server")
     from ketchup.judge import stages as after_stages
 
