@@ -107,6 +107,21 @@ class FakeJudgeServer:
     def release(self) -> None:
         self._released.set()
 
+    def quiet(self, settle_s: float = 0.3, timeout_s: float = 10.0) -> int:
+        """Wait until no request is in flight and none arrived for ``settle_s`` (requests a client
+        gave up on may still reach the server a moment later); returns the number of requests."""
+        deadline = time.monotonic() + timeout_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.lock:
+                n, busy = len(self.requests), self.in_flight
+            if n != last or busy:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= settle_s:
+                break
+            time.sleep(0.02)
+        return last
+
     def __enter__(self):
         return self.start()
 

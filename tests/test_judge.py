@@ -308,7 +308,7 @@ def test_transport_failure_fails_then_rerun_asks_only_what_is_missing(tmp_path, 
         assert not out.exists() and not summary_path(out).exists()
         cached = set(JudgeCache(cache).keys())  # what finished before the failure stopped the run
         assert len(cached) < len(rows)
-        n_first = srv.n_requests
+        n_first = srv.quiet()  # requests cancelled by the failure may reach the server a little later
         s = score_run(cfg, "xsum", preds, out, cache)  # the server answers it now
         assert counts(s) == {"api_requests": len(rows) - len(cached), "cache_hits": len(cached)}
         assert s["n_valid"] == len(rows)
