@@ -6,7 +6,12 @@ the cost) and times a full training step of each method (rollout, teacher pass, 
 AdamW) at the reference's batch shape, with the student in bf16 autocast. Prints seconds per step,
 target tokens per second and peak GPU memory, each also as a ratio to `sft` in the same run.
 
-    python benchmarks/paper_shape.py [--students base] [--batch 8] [--source-len 512] [--target-len 128]
+    python benchmarks/paper_shape.py [--students base] [--batch 8] [--source-len 512] [--target-len 128] \
+        [--cache auto|dynamic|static] [--compile auto|true|false]
+
+``--cache`` / ``--compile`` are ``generation.cache`` / ``generation.compile`` for the rollouts and samples
+(auto: a static cache, compiled, on a GPU); run once with ``--cache dynamic --compile false`` for
+the eager baseline.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from transformers import AutoModelForSeq2SeqLM, T5Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ketchup.batching import Batch  # noqa: E402
+from ketchup.batching import Batch, Decoding  # noqa: E402
 from ketchup.methods import Objective  # noqa: E402
 from stepbench import METHODS, timed_step  # noqa: E402
 
@@ -64,19 +69,22 @@ def main() -> None:
     parser.add_argument("--target-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--cache", default="auto", choices=["auto", "dynamic", "static"])
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("paper_shape: needs a CUDA GPU")
     bf16 = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=None)
     teacher = build("xl", torch.bfloat16).eval().requires_grad_(False)
+    decoding = Decoding(args.cache, {"true": True, "false": False}.get(args.compile, "auto"))
     rows = []
     for size in args.students:
         for method in METHODS:
             student = build(size).train()
             optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
             objective = Objective(method, "seq2seq", tok, teacher=teacher, max_new_tokens=args.target_len,
-                                  k=4)
+                                  k=4, decoding=decoding)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             times, tokens = [], []
@@ -94,7 +102,8 @@ def main() -> None:
             del student, optimizer, objective
             torch.cuda.empty_cache()
     print(f"paper shapes: teacher flan-t5-xl (bf16), batch {args.batch} x source {args.source_len} x target "
-          f"{args.target_len}, {args.steps} timed steps, {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+          f"{args.target_len}, {args.steps} timed steps, decoding {decoding.resolved(torch.device('cuda'))} "
+          f"(cache, compiled), {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print(f"{'student':<7} {'method':<10} {'s/step':>7} {'x sft':>6} {'tok/s':>8} {'peak MiB':>9} {'x sft':>6}")
     for r in rows:
         base = next(x for x in rows if x["student"] == r["student"] and x["method"] == "sft")

@@ -22,9 +22,8 @@ TRL is a benchmark-only extra (never imported by the package or the tests)::
     PYTHONPATH=src python benchmarks/peer_trl.py [--steps 20] [--warmup 3] [--threads 1]
         [--rollout greedy|sample] [--cache dynamic|static] [--compile] [--beta 1.0]
 
-``--cache`` and ``--compile`` are handed to our Objective when this checkout's Objective has those
-settings (a static KV cache / compiled decoding in ``batching.generate``); otherwise the run says
-"not supported in this checkout" and both sides decode with the dynamic cache. TRL gets the same
+``--cache`` and ``--compile`` go to our Objective's decodes (``generation.cache`` / ``generation.compile``:
+a static KV cache / compiled decoding in ``batching.generate``). TRL gets the same
 cache (its ``cache_implementation``); it builds its generation config with ``disable_compile=True``,
 so ``--compile`` is ours only (give it enough ``--warmup`` steps to compile before timing).
 """
@@ -32,7 +31,6 @@ so ``--compile`` is ours only (give it enough ``--warmup`` steps to compile befo
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -60,7 +58,7 @@ from transformers import PrinterCallback, TrainerCallback, get_constant_schedule
 
 from ketchup import config as kconfig  # noqa: E402
 from ketchup import training  # noqa: E402
-from ketchup.batching import collate, decoder_prompts, encode_sources  # noqa: E402
+from ketchup.batching import Decoding, collate, decoder_prompts, encode_sources  # noqa: E402
 from ketchup.data import records, synthetic  # noqa: E402
 from ketchup.methods import Objective  # noqa: E402
 from ketchup.models import build_model, n_parameters  # noqa: E402
@@ -77,18 +75,9 @@ MAX_GRAD_NORM = 1.0  # both clip at the schema's default
 
 
 def decoding_options(cache: str, compile_: bool) -> tuple[dict, str, list[str]]:
-    """The Objective keywords for ``--cache`` / ``--compile`` this checkout accepts, the cache both sides
-    then decode with, and a note for each setting it does not have."""
-    params = inspect.signature(Objective).parameters
-    kwargs, notes = {}, []
-    for name, value, default in (("cache", cache, "dynamic"), ("compile", compile_, False)):
-        if name in params:
-            kwargs[name] = value
-        elif value != default:
-            flag = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
-            notes.append(f"{flag}: not supported in this checkout (Objective has no '{name}' "
-                         f"setting); both sides run {name}={default}")
-    return kwargs, kwargs.get("cache", "dynamic"), notes
+    """The Objective keyword for ``--cache`` / ``--compile`` (``decoding``: ketchup.batching.Decoding),
+    the cache both sides then decode with, and notes (none: every setting is supported)."""
+    return {"decoding": Decoding(cache, compile_)}, cache, []
 
 
 class Ours:

@@ -1,4 +1,5 @@
-"""Choose the RL learning rate on the dev split: rerun the RL students of a finished run at other lrs.
+"""Choose an RL setting on the dev split: rerun the RL students of a finished run at other learning
+rates (``--lrs``) or other values of one ``rl`` key (``--rl-key normalize --rl-values sequence token``).
 
 Starts from a working directory where the config's main table has been built (teachers, KL students
 and RL students exist). For each lr it makes a sibling working directory that shares the finished
@@ -9,6 +10,7 @@ and, per lr, the mean rank over all (task, student, method) cells, the criterion
 Test numbers are never read.
 
     python benchmarks/rl_lr_sweep.py --workdir results-parent-dir --lrs 1e-5 3e-5 1e-4 3e-4 [--config config.yaml]
+    python benchmarks/rl_lr_sweep.py --workdir results-parent-dir --rl-key normalize --rl-values sequence token
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 from ketchup import registry  # noqa: E402
 
 
-def dev_scores(workdir: Path, config: dict, lr: float) -> list[dict]:
+def dev_scores(workdir: Path, config: dict, lr) -> list[dict]:
     rows = []
     for task in config["tasks"]:
         for student in config["students"]:
@@ -50,20 +52,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a working directory whose main table is built")
     parser.add_argument("--config", default=str(REPO / "config.yaml"))
-    parser.add_argument("--lrs", type=float, nargs="+", required=True)
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--lrs", type=float, nargs="+")
+    choice.add_argument("--rl-key", help="a key of the rl block (its values: --rl-values, parsed as YAML)")
+    parser.add_argument("--rl-values", nargs="+", default=[])
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     base, config = Path(args.workdir).resolve(), yaml.safe_load(Path(args.config).read_text())
     rl = [m for m in config["methods"] if m in registry.RL_METHODS]
     rows = []
-    for lr in args.lrs:
+    variants = args.lrs or [yaml.safe_load(v) for v in args.rl_values]
+    for lr in variants:  # a learning rate, or a value of rl.<rl-key>
         cfg = yaml.safe_load(Path(args.config).read_text())
-        for method in rl:
-            cfg["method_overrides"][method] = {**cfg["method_overrides"][method], "lr": lr}
-        if all(cfg["method_overrides"][m] == config["method_overrides"][m] for m in rl):
+        if args.rl_key:
+            cfg["rl"] = {**cfg.get("rl", {}), args.rl_key: lr}
+        else:
+            for method in rl:
+                cfg["method_overrides"][method] = {**cfg["method_overrides"][method], "lr": lr}
+        if cfg == config:
             rows += dev_scores(base, config, lr)  # the base run itself
             continue
-        work = base.parent / f"{base.name}-lr{lr:g}"
+        work = base.parent / f"{base.name}-{args.rl_key or 'lr'}-{lr}"
         if not (work / "results").exists():
             # hard links: the upstream outputs are shared, not copied (a rerun job replaces its own)
             shutil.copytree(base / "results", work / "results", copy_function=os.link,
@@ -72,7 +81,7 @@ def main() -> None:
         (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         targets = [f"results/metrics/{t}/{s}/{m}/seed{seed}.json" for t in cfg["tasks"] for s in cfg["students"]
                    for m in rl for seed in cfg["seeds"]]
-        print(f"lr {lr:g}: training {len(targets)} RL students in {work}", file=sys.stderr, flush=True)
+        print(f"{args.rl_key or 'lr'} {lr}: training {len(targets)} RL students in {work}", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(args.cores),
                         f"--configfile={work / 'config.yaml'}", "--rerun-triggers=params", *targets],
                        cwd=work, check=True, stdout=subprocess.DEVNULL)
@@ -81,11 +90,11 @@ def main() -> None:
     table["rank"] = table.groupby(["task", "student", "method", "seed"])["dev_best"].rank(ascending=False)
     table["gain"] = table["dev_best"] - table["dev_start"]
     pd.set_option("display.width", 200)
-    print(table.pivot_table(index=["task", "student", "method"], columns="lr", values="dev_best").round(2))
+    print(table.pivot_table(index=["task", "student", "method"], columns="lr", values="dev_best").round(2))  # lr: the variant
     summary = table.groupby("lr").agg(mean_rank=("rank", "mean"), mean_gain=("gain", "mean"),
                                       runs=("rank", "size")).sort_values("mean_rank")
     print(summary.round(3))
-    print(f"chosen lr (lowest mean rank on dev): {summary.index[0]:g}")
+    print(f"chosen {args.rl_key or 'lr'} (lowest mean rank on dev): {summary.index[0]}")
 
 
 if __name__ == "__main__":

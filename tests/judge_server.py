@@ -4,8 +4,8 @@
 ``POST /v1/chat/completions``. What it answers is decided by markers found in the user message
 (the tests put them into an example's source text) and by how often the same messages were seen:
 
-- ``[[MALFORMED_ONCE]]``   first request: prose without JSON; then a valid reply
-- ``[[ALWAYS_MALFORMED]]`` always prose without JSON
+- ``[[MALFORMED_ONCE]]``   first request: prose without JSON; then (e.g. the repair turn) a valid reply
+- ``[[ALWAYS_MALFORMED]]`` always prose without JSON (the repair turn too)
 - ``[[OUT_OF_RANGE]]``     always JSON with a score of 11 (invalid)
 - ``[[RATE_LIMIT_ONCE]]``  first request: HTTP 429 (Retry-After: 0); then valid
 - ``[[ERROR_ONCE]]``       first request: HTTP 500; then valid
@@ -19,9 +19,19 @@ Valid score replies derive from a ``q=<int>`` marker in the ``<output>`` block (
 overall = q, informativeness = max(1, q - 1), coherence = min(10, q + 1). Pairwise replies compare
 the ``q`` of ``<output_a>`` and ``<output_b>`` (higher wins, equal: tie).
 
+"The same messages" and "first request" count per prompt: the messages up to the first user turn,
+so a repair turn (prompt, assistant reply, user instruction) is the prompt's next request.
+
+Structured output: ``refuse_response_format=None`` takes ``response_format`` (recorded; a score
+reply then has the keys the schema names, a criterion other than the three above scoring q, but
+the markers above still break it); ``400`` or ``422`` refuses every request carrying it with that status (an error naming
+response_format), as servers without structured output do. A refused request is recorded but does
+not count as one of its prompt's requests.
+
 The server counts requests, tracks the maximum number in flight at once, records each request
-(messages, model, parameters, Authorization header, status, usage sent) and can hold requests
-past a number (``hold_after``) until :meth:`release` is called, to simulate an interrupted run.
+(messages, model, parameters, response_format, Authorization header, status, usage sent) and can
+hold requests past a number (``hold_after``) until :meth:`release` is called, to simulate an
+interrupted run.
 """
 
 from __future__ import annotations
@@ -58,7 +68,8 @@ class _Server(ThreadingHTTPServer):
 
 class FakeJudgeServer:
     def __init__(self, delay: float = 0.0, slow_s: float = 1.0, expected_key: str | None = None,
-                 hold_after: int | None = None):
+                 hold_after: int | None = None, refuse_response_format: int | None = None):
+        self.refuse_response_format = refuse_response_format
         self.delay = delay
         self.slow_s = slow_s
         self.expected_key = expected_key
@@ -96,6 +107,21 @@ class FakeJudgeServer:
     def release(self) -> None:
         self._released.set()
 
+    def quiet(self, settle_s: float = 0.3, timeout_s: float = 10.0) -> int:
+        """Wait until no request is in flight and none arrived for ``settle_s`` (requests a client
+        gave up on may still reach the server a moment later); returns the number of requests."""
+        deadline = time.monotonic() + timeout_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self.lock:
+                n, busy = len(self.requests), self.in_flight
+            if n != last or busy:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since >= settle_s:
+                break
+            time.sleep(0.02)
+        return last
+
     def __enter__(self):
         return self.start()
 
@@ -107,13 +133,18 @@ class FakeJudgeServer:
         """(status, json body, headers, delay) for one request; records it."""
         messages = body.get("messages", [])
         user = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
-        h = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        first_user = next((k for k, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+        prompt = messages[: first_user + 1]
+        h = hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
+        refuse = self.refuse_response_format is not None and "response_format" in body
         with self.lock:
             n = self.seen.get(h, 0)
-            self.seen[h] = n + 1
+            if not refuse:
+                self.seen[h] = n + 1
             number = len(self.requests) + 1
             rec = {"number": number, "messages": messages, "model": body.get("model"),
                    "temperature": body.get("temperature"), "max_tokens": body.get("max_tokens"),
+                   "response_format": body.get("response_format"), "repair": len(messages) > len(prompt),
                    "auth": auth, "attempt": n, "status": 200, "usage": None, "slow": False}
             self.requests.append(rec)
         delay = self.delay
@@ -124,6 +155,10 @@ class FakeJudgeServer:
             shown = (auth or "")[-4:]
             return 401, {"error": {"message": f"Incorrect API key provided: ***{shown}", "type": "invalid_request_error",
                                    "code": "invalid_api_key"}}, {}, 0.0
+        if refuse:
+            rec["status"] = self.refuse_response_format
+            return rec["status"], {"error": {"message": "response_format is not supported by this server",
+                                             "type": "invalid_request_error", "param": "response_format"}}, {}, 0.0
         if "[[RATE_LIMIT_ONCE]]" in user and n == 0:
             rec["status"] = 429
             return 429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}, {"Retry-After": "0"}, 0.0
@@ -150,6 +185,9 @@ class FakeJudgeServer:
         else:
             q = _q(_block(user, "output"))
             scores = {"overall": q, "informativeness": max(1, q - 1), "coherence": min(10, q + 1)}
+            schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+            if schema.get("properties"):  # structured output: the criteria the schema names (others: q)
+                scores = {c: scores.get(c, q) for c in schema["properties"]}
             if "[[OUT_OF_RANGE]]" in user:
                 scores["overall"] = 11
             content = json.dumps(scores)
@@ -157,7 +195,7 @@ class FakeJudgeServer:
                 content = f"Here is my evaluation:\n```json\n{content}\n```\nThanks."
         usage = {"prompt_tokens": max(1, len(user) // 4), "completion_tokens": max(1, len(content) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        rec["usage"] = usage
+        rec["usage"], rec["reply"] = usage, content
         resp = {
             "id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),

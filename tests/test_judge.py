@@ -72,6 +72,11 @@ def assert_no_key_in(*dirs: Path) -> int:
     return n
 
 
+def counts(summary: dict) -> dict:
+    """A summary's requests and cache hits of this run."""
+    return {k: summary["this_run"][k] for k in ("api_requests", "cache_hits")}
+
+
 @pytest.fixture
 def key_env(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -201,9 +206,9 @@ def test_missing_key_or_disabled_makes_no_request(monkeypatch, tmp_path, server)
 
 # --------------------------------------------------------------------------- scoring against the server
 
-FAULTS = {  # marker -> (requests it needs with max_retries=3, valid?)
-    "": (1, True), "[[MALFORMED_ONCE]]": (2, True), "[[ALWAYS_MALFORMED]]": (4, False),
-    "[[OUT_OF_RANGE]]": (4, False), "[[RATE_LIMIT_ONCE]]": (2, True), "[[ERROR_ONCE]]": (2, True),
+FAULTS = {  # marker -> (requests it needs with max_retries=3, valid?); unparseable: one repair turn
+    "": (1, True), "[[MALFORMED_ONCE]]": (2, True), "[[ALWAYS_MALFORMED]]": (2, False),
+    "[[OUT_OF_RANGE]]": (2, False), "[[RATE_LIMIT_ONCE]]": (2, True), "[[ERROR_ONCE]]": (2, True),
     "[[SLOW_ONCE]]": (2, True), "[[FENCED]]": (1, True),
 }
 
@@ -232,7 +237,7 @@ def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
                 assert r["scores"] == {c: None for c in CRITERIA} and r["error"] == "unparseable reply"
         assert srv.n_requests == sum(v[0] for v in expect.values())
         assert summary["n_examples"] == len(rows) and summary["n_invalid"] == 2 and summary["n_valid"] == len(rows) - 2
-        assert summary["this_run"] == {"api_requests": srv.n_requests, "cache_hits": 0}
+        assert counts(summary) == {"api_requests": srv.n_requests, "cache_hits": 0}
         # every request: the configured model/parameters, the key only as the bearer token
         assert all(r["auth"] == f"Bearer {KEY}" and r["model"] == "fake-judge-1" and r["max_tokens"] == 64
                    and r["temperature"] == 0.0 for r in srv.requests)
@@ -250,7 +255,7 @@ def test_score_run_recovers_counts_invalid_and_caches(tmp_path, key_env):
         n = srv.n_requests
         summary2 = score_run(make_cfg(srv, max_invalid_fraction=0.25), "xsum", preds, out, cache)
         assert srv.n_requests == n
-        assert summary2["this_run"] == {"api_requests": 0, "cache_hits": len(rows)}
+        assert counts(summary2) == {"api_requests": 0, "cache_hits": len(rows)}
         assert out.read_text() == first
     assert len(JudgeCache(cache)) == len(rows)
     assert assert_no_key_in(tmp_path / "out", cache) >= len(rows) + 2
@@ -303,14 +308,14 @@ def test_transport_failure_fails_then_rerun_asks_only_what_is_missing(tmp_path, 
         assert not out.exists() and not summary_path(out).exists()
         cached = set(JudgeCache(cache).keys())  # what finished before the failure stopped the run
         assert len(cached) < len(rows)
-        n_first = srv.n_requests
+        n_first = srv.quiet()  # requests cancelled by the failure may reach the server a little later
         s = score_run(cfg, "xsum", preds, out, cache)  # the server answers it now
-        assert s["this_run"] == {"api_requests": len(rows) - len(cached), "cache_hits": len(cached)}
+        assert counts(s) == {"api_requests": len(rows) - len(cached), "cache_hits": len(cached)}
         assert s["n_valid"] == len(rows)
         # the rerun asked exactly the judgements missing from the cache, each once
         version = protocol.template_version("score")
-        asked = [cache_key(r["model"], r["messages"], r["temperature"], r["max_tokens"], version)
-                 for r in srv.requests[n_first:]]
+        asked = [cache_key(r["model"], r["messages"], r["temperature"], r["max_tokens"], version,
+                           response_format=r["response_format"]) for r in srv.requests[n_first:]]
         assert len(asked) == len(set(asked)) == len(rows) - len(cached) and not set(asked) & cached
     assert [r["scores"] for r in read_jsonl(out)] == [expected_scores(1 + i) for i in range(8)]
 
@@ -319,7 +324,13 @@ def test_bad_request_fails_at_once(tmp_path, key_env, server):
     preds = write_preds(tmp_path / "p.jsonl", [("e0", "s [[BAD_REQUEST]]", "q=5")])
     with pytest.raises(JudgeAPIError, match="HTTP 400.*maximum context length.*judge.max_chars"):
         score_run(make_cfg(server), "xsum", preds, tmp_path / "o.jsonl", tmp_path / "cache")
-    assert server.n_requests == 1 and not (tmp_path / "o.jsonl").exists()
+    # a 400 to the run's first request with response_format may be a refusal of it: asked once
+    # more without, the request itself is refused
+    assert [r["response_format"] is not None for r in server.requests] == [True, False]
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(JudgeAPIError, match="HTTP 400.*maximum context length"):
+        score_run(make_cfg(server, structured_output=False), "xsum", preds, tmp_path / "o.jsonl", tmp_path / "cache")
+    assert server.n_requests == 3 and not (tmp_path / "o.jsonl").exists()
 
 
 def test_too_many_unparseable_replies_fail_the_run(tmp_path, key_env, server):
@@ -385,7 +396,7 @@ def test_pairwise_both_orders_and_combination(tmp_path, key_env, server):
     # the baseline's as B, and another one the reverse
     shown = set()
     for req in server.requests:
-        user = req["messages"][-1]["content"]
+        user = req["messages"][1]["content"]  # the prompt (a repair turn follows it)
         a = user.split("<output_a>")[1].split("</output_a>")[0]
         b = user.split("<output_b>")[1].split("</output_b>")[0]
         ex = user.split("<source>")[1].split("</source>")[0].split()[1]
@@ -434,7 +445,7 @@ def test_cancelled_run_keeps_finished_judgements(tmp_path, key_env):
         srv.release()
         n = srv.n_requests
         s = score_run(cfg, "xsum", preds, out, cache)
-        assert s["this_run"] == {"api_requests": 3, "cache_hits": 5}
+        assert counts(s) == {"api_requests": 3, "cache_hits": 5}
         assert srv.n_requests == n + 3
     assert all(r["valid"] for r in read_jsonl(out))
 
@@ -462,7 +473,7 @@ def test_killed_process_keeps_finished_judgements(tmp_path, key_env):
         assert len(JudgeCache(cache)) == 3 and not out.exists()
         srv.release()
         s = score_run(cfg, "xsum", preds, out, cache)
-        assert s["this_run"] == {"api_requests": 3, "cache_hits": 3}
+        assert counts(s) == {"api_requests": 3, "cache_hits": 3}
     assert assert_no_key_in(out.parent, cache) > 0
 
 
@@ -564,3 +575,189 @@ def test_read_predictions_names_file_and_line(tmp_path):
     path.write_text('{"id": "a"}\n')
     with pytest.raises(DataError, match=r"p\.jsonl:1: record lacks \['prediction'\]"):
         read_predictions(path)
+
+
+# --------------------------------------------------------------------------- structured output, repair turns
+
+def test_response_format_is_a_json_schema_of_the_criteria(tmp_path, key_env, server):
+    import jsonschema
+
+    criteria = ["overall", "fluency"]  # not the defaults: the schema follows the config
+    preds = write_preds(tmp_path / "p.jsonl", [(f"e{i}", f"s{i}", f"q={3 + i}") for i in range(3)])
+    s = score_run(make_cfg(server, criteria=criteria), "xsum", preds, tmp_path / "o" / "scores.jsonl", tmp_path / "c")
+    assert server.n_requests == 3 and s["this_run"]["structured_output"] == "used"
+    for req in server.requests:
+        rf = req["response_format"]
+        assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
+        schema = rf["json_schema"]["schema"]
+        assert list(schema["properties"]) == criteria and schema["required"] == criteria
+        assert schema["additionalProperties"] is False
+        assert all(p == {"type": "integer", "minimum": 1, "maximum": 10} for p in schema["properties"].values())
+        jsonschema.validate({"overall": 1, "fluency": 10}, schema)
+        for bad in ({"overall": 11, "fluency": 3}, {"overall": 3}, {"overall": 3, "fluency": 3, "coherence": 3},
+                    {"overall": "3", "fluency": 3}):
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(bad, schema)
+    # pairwise: the verdict; and judge.structured_output: false sends none
+    m = write_preds(tmp_path / "m.jsonl", [("a", "s", "q=7")])
+    b = write_preds(tmp_path / "b.jsonl", [("a", "s", "q=2")])
+    pairwise_run(make_cfg(server), "xsum", m, b, tmp_path / "pw.jsonl", tmp_path / "c")
+    schema = server.requests[-1]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"] == {"winner": {"type": "string", "enum": ["A", "B", "tie"]}}
+    n = server.n_requests
+    s = score_run(make_cfg(server, structured_output=False), "xsum", preds, tmp_path / "o2.jsonl", tmp_path / "c")
+    assert s["this_run"]["structured_output"] == "off" and s["this_run"]["api_requests"] == 3
+    assert server.n_requests == n + 3 and all(r["response_format"] is None for r in server.requests[n:])
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_refused_response_format_is_detected_once_per_run(tmp_path, key_env, status, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ketchup.judge")
+    rows = [(f"e{i}", f"s{i}", f"q={1 + i}") for i in range(8)]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    with FakeJudgeServer(delay=0.05, refuse_response_format=status) as srv:
+        for run in range(2):  # each run finds out once (its own cache, so both ask everything)
+            n0 = srv.n_requests
+            caplog.clear()
+            out = tmp_path / f"run{run}" / "scores.jsonl"
+            s = score_run(make_cfg(srv, concurrency=4), "xsum", preds, out, tmp_path / f"cache{run}")
+            reqs = srv.requests[n0:]
+            # exactly one refused request (the run's first, carrying response_format); after it none
+            # carries response_format, though four requests at a time were allowed
+            assert [r["status"] for r in reqs] == [status] + [200] * 8
+            assert reqs[0]["response_format"] is not None and all(r["response_format"] is None for r in reqs[1:])
+            assert s["this_run"]["structured_output"] == "refused" and s["this_run"]["api_requests"] == 9
+            said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(said) == 1 and f"HTTP {status} to response_format" in said[0], said  # logged once
+            assert s["n_valid"] == 8 and [r["scores"] for r in read_jsonl(out)] == [expected_scores(1 + i) for i in range(8)]
+        assert srv.max_in_flight > 1
+        # a rerun from the cache asks nothing: the key is the request as configured
+        s = score_run(make_cfg(srv, concurrency=4), "xsum", preds, tmp_path / "again.jsonl", tmp_path / "cache0")
+        assert counts(s) == {"api_requests": 0, "cache_hits": 8} and s["this_run"]["structured_output"] == "untried"
+    entries = [JudgeCache(tmp_path / "cache0").get(k) for k in JudgeCache(tmp_path / "cache0").keys()]
+    assert len(entries) == 8 and all(e["response_format"] is True and e["structured"] is False for e in entries)
+
+
+def test_unparseable_reply_gets_one_repair_turn_never_the_same_prompt(tmp_path, key_env, server):
+    rows = [("ok", "s ok", "q=4"), ("once", "s [[MALFORMED_ONCE]]", "q=6"), ("never", "s [[ALWAYS_MALFORMED]]", "q=8")]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    cfg = make_cfg(server, max_retries=5, max_invalid_fraction=0.5)
+    s = score_run(cfg, "xsum", preds, out, cache)
+    recs = {r["id"]: r for r in read_jsonl(out)}
+    reqs = server.requests
+    assert len(reqs) == 1 + 2 + 2  # not 1 + 2 + 6: no identical re-asks
+    keys = [json.dumps(r["messages"], sort_keys=True) for r in reqs]
+    assert len(set(keys)) == len(keys), "the same messages were sent twice"
+    repair = protocol.repair_message("score", CRITERIA)
+    assert '"overall": <1-10>' in repair["content"] and repair["role"] == "user"
+    for ex_id in ("once", "never"):
+        first, second = [r for r in reqs if f"s {'[[MALFORMED_ONCE]]' if ex_id == 'once' else '[[ALWAYS_MALFORMED]]'}"
+                         in r["messages"][1]["content"]]
+        assert not first["repair"] and second["repair"]
+        assert second["messages"] == first["messages"] + [{"role": "assistant", "content": first["reply"]}, repair]
+        assert recs[ex_id]["attempts"] == 2 and recs[ex_id]["repairs"] == 1
+        assert recs[ex_id]["reply"] == second["reply"]  # the last reply is the one parsed
+        entry = next(JudgeCache(cache).get(k) for k in JudgeCache(cache).keys()
+                     if JudgeCache(cache).get(k)["reply"] == second["reply"])
+        assert entry["first_reply"] == first["reply"] and entry["repairs"] == 1
+        assert recs[ex_id]["repair_usage"] == {k: second["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
+        assert recs[ex_id]["usage"] == {k: first["usage"][k] + second["usage"][k]
+                                        for k in ("prompt_tokens", "completion_tokens")}
+    assert recs["once"]["valid"] and recs["once"]["scores"] == expected_scores(6)
+    assert not recs["never"]["valid"] and recs["never"]["error"] == "unparseable reply"
+    assert recs["ok"]["repairs"] == 0 and recs["ok"]["attempts"] == 1
+    # what the output says was spent is what the server saw
+    pt, ct = sum(r["usage"]["prompt_tokens"] for r in reqs), sum(r["usage"]["completion_tokens"] for r in reqs)
+    rpt = sum(r["usage"]["prompt_tokens"] for r in reqs if r["repair"])
+    rct = sum(r["usage"]["completion_tokens"] for r in reqs if r["repair"])
+    assert s["this_run"] == {"api_requests": 5, "repair_requests": 2, "cache_hits": 0, "prompt_tokens": pt,
+                             "completion_tokens": ct, "cost_usd": pytest.approx(pt / 1000 + 2 * ct / 1000),
+                             "structured_output": "used"}
+    assert (s["requests"], s["repair_requests"], s["prompt_tokens"], s["completion_tokens"],
+            s["repair_prompt_tokens"], s["repair_completion_tokens"]) == (5, 2, pt, ct, rpt, rct)
+    assert (s["n_valid"], s["n_invalid"]) == (2, 1)
+
+    # from the cache: the same judgements and what they cost, nothing spent now
+    s2 = score_run(cfg, "xsum", preds, tmp_path / "o2" / "scores.jsonl", cache)
+    assert server.n_requests == 5 and s2["this_run"]["prompt_tokens"] == 0 == s2["this_run"]["api_requests"]
+    assert read_jsonl(tmp_path / "o2" / "scores.jsonl") == read_jsonl(out)
+    assert {k: s2[k] for k in ("requests", "repair_requests", "prompt_tokens", "repair_prompt_tokens")} == \
+        {k: s[k] for k in ("requests", "repair_requests", "prompt_tokens", "repair_prompt_tokens")}
+
+    # the table counts the requests and repair turns that produced the judgements
+    run = tmp_path / "results" / "judge" / "xsum" / "t5-small" / "kl" / "seed0" / "scores.jsonl"
+    run.parent.mkdir(parents=True)
+    run.write_text(out.read_text())
+    rows_out = judge_table([run], [], tmp_path / "t.csv")
+    assert (rows_out[0]["requests"], rows_out[0]["repair_requests"], rows_out[0]["prompt_tokens"]) == (5, 2, pt)
+    with open(tmp_path / "t.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert (row["requests"], row["repair_requests"]) == ("5", "2")
+
+
+def test_pairwise_repair_turn_and_counts(tmp_path, key_env, server):
+    m = write_preds(tmp_path / "m.jsonl", [("a", "s [[MALFORMED_ONCE]]", "q=7"), ("b", "s b", "q=1")])
+    base = write_preds(tmp_path / "kl.jsonl", [("a", "s [[MALFORMED_ONCE]]", "q=2"), ("b", "s b", "q=5")])
+    s = pairwise_run(make_cfg(server), "xsum", m, base, tmp_path / "pw.jsonl", tmp_path / "c")
+    recs = {r["id"]: r for r in read_jsonl(tmp_path / "pw.jsonl")}
+    assert recs["a"]["outcome"] == "win" and recs["b"]["outcome"] == "loss"
+    assert (recs["a"]["ab"]["repairs"], recs["a"]["ba"]["repairs"], recs["b"]["ab"]["repairs"]) == (1, 1, 0)
+    repaired = [r for r in server.requests if r["repair"]]
+    assert len(repaired) == 2 and all(r["messages"][-1] == protocol.repair_message("pairwise", CRITERIA)
+                                      for r in repaired)
+    assert '"winner"' in repaired[0]["messages"][-1]["content"]
+    assert (s["requests"], s["repair_requests"]) == (6, 2) == (server.n_requests, len(repaired))
+    assert s["this_run"]["repair_requests"] == 2
+    assert s["repair_prompt_tokens"] == sum(r["usage"]["prompt_tokens"] for r in repaired)
+    assert recs["a"]["repair_usage"]["prompt_tokens"] == s["repair_prompt_tokens"]
+
+
+def test_cache_key_includes_the_configured_response_format(tmp_path, key_env, server):
+    msgs = [{"role": "user", "content": "hi"}]
+    rf = protocol.response_format("score", CRITERIA)
+    plain = cache_key("m", msgs, 0.0, 256, "v")
+    keys = {plain, cache_key("m", msgs, 0.0, 256, "v", response_format=rf),
+            cache_key("m", msgs, 0.0, 256, "v", response_format=protocol.response_format("score", ["overall"])),
+            cache_key("m", msgs, 0.0, 256, "v", response_format=protocol.response_format("pairwise", CRITERIA))}
+    assert len(keys) == 4 and cache_key("m", msgs, 0.0, 256, "v", response_format=None) == plain
+    # the repair instruction is part of the template version (editing it invalidates the cache)
+    assert protocol.load_template("repair").count("{reply_format}") == 1
+    assert protocol.template_version("score").startswith("score-v2-")
+    # answers got without structured output are not served to a run that asks for it, and back
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=3")])
+    cache = tmp_path / "cache"
+    for structured, asked in ((False, 1), (True, 1), (False, 0), (True, 0)):
+        n = server.n_requests
+        score_run(make_cfg(server, structured_output=structured), "xsum", preds, tmp_path / "o.jsonl", cache)
+        assert server.n_requests - n == asked
+    assert len(JudgeCache(cache)) == 2
+
+
+def test_run_interrupted_before_the_repair_turn_asks_again_from_the_prompt(tmp_path, key_env):
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s [[MALFORMED_ONCE]]", "q=9")])
+    out, cache = tmp_path / "o" / "scores.jsonl", tmp_path / "cache"
+    with FakeJudgeServer(hold_after=1) as srv:  # the repair turn (request 2) hangs
+        cfg = make_cfg(srv, timeout_s=20)
+
+        async def interrupted():
+            task = asyncio.create_task(ascore_run(cfg, "xsum", preds, out, cache))
+            for _ in range(250):
+                await asyncio.sleep(0.02)
+                if srv.n_requests >= 2:
+                    break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(interrupted())
+        assert srv.n_requests == 2 and srv.requests[1]["repair"]
+        assert len(JudgeCache(cache)) == 0 and not out.exists()  # nothing half-done is kept
+        srv.release()
+        s = score_run(cfg, "xsum", preds, out, cache)
+        # the prompt again (the server now answers it well), no repair needed
+        assert counts(s) == {"api_requests": 1, "cache_hits": 0} and s["repair_requests"] == 0
+        assert srv.requests[2]["messages"] == srv.requests[0]["messages"]
+    assert read_jsonl(out)[0]["scores"] == expected_scores(9)

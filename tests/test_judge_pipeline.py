@@ -272,7 +272,8 @@ def test_judge_pipeline_end_to_end(tmp_path):
                 pred = preds[m][r["id"]]
                 beh = server.behaviour[pred["source"]]
                 if beh == ALWAYS_MALFORMED:
-                    assert not r["valid"] and r["error"] == "unparseable reply" and r["attempts"] == 4, r
+                    assert not r["valid"] and r["error"] == "unparseable reply" and r["attempts"] == 2, r
+                    assert r["repairs"] == 1, r  # the prompt, then one repair turn
                     assert r["scores"] == {c: None for c in CRITERIA}
                 else:
                     assert r["valid"], (beh, r)

@@ -263,7 +263,7 @@ def test_ppo_with_one_pass_and_one_minibatch_is_its_method(arch, method, k, norm
     torch.manual_seed(0)
     micro = [plain.rollout(student, make_batch(tok, s, t, arch, 32, 16))
              for s, t in ((SOURCES, TARGETS), (SOURCES[::-1], TARGETS[::-1]))]
-    updates, stats = ppo.updates(student, micro, seed=0, step=0)
+    updates, stats = ppo.updates(student, micro, seed=0, micro_ids=[0, 1])
     assert len(updates) == 1 and stats["rollouts"] == 4.0
     got, want = _step_grad(student, ppo, updates[0]), _step_grad(student, plain, micro)
     assert all(torch.allclose(g, w, atol=1e-7, rtol=1e-5) for g, w in zip(got, want))
@@ -283,7 +283,7 @@ def test_ppo_prepares_each_rollout_batch_once_and_keeps_its_old_log_probs(tok, m
     calls = []
     prepare = Objective.prepare
     monkeypatch.setattr(Objective, "prepare", lambda self, *a: calls.append(1) or prepare(self, *a))
-    updates, _ = ppo.updates(student, micro, seed=0, step=0)
+    updates, _ = ppo.updates(student, micro, seed=0, micro_ids=[0])
     assert len(calls) == 1 and len(updates) == 3
     stored = updates[0][0]["ppo"].old_logp.clone()
     optimizer = torch.optim.SGD(student.parameters(), lr=1.0)
@@ -299,7 +299,7 @@ def test_ppo_prepares_each_rollout_batch_once_and_keeps_its_old_log_probs(tok, m
     assert ratios[0] == pytest.approx(1.0, abs=1e-6) and abs(ratios[1] - 1.0) > 1e-3
 
 
-def test_ppo_deals_every_rollout_once_per_pass_seeded_by_step(tok, monkeypatch):
+def test_ppo_deals_every_rollout_once_per_pass_seeded_by_the_micro_batch(tok, monkeypatch):
     from ketchup import methods
 
     student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
@@ -312,7 +312,7 @@ def test_ppo_deals_every_rollout_once_per_pass_seeded_by_step(tok, monkeypatch):
 
     def deal(step):
         dealt.clear()
-        updates, _ = ppo.updates(student, micro, seed=0, step=step)
+        updates, _ = ppo.updates(student, micro, seed=0, micro_ids=[step])
         assert len(updates) == 6
         return [list(d) for d in dealt]
 
@@ -330,7 +330,7 @@ def test_ppo_part_without_rows_weighs_nothing(tok):
     ppo = Objective("llmr-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=4,
                     rl={**RL_DEFAULTS, "ppo_epochs": 1, "ppo_minibatches": 3})
     micro = [ppo.rollout(student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))]
-    updates, _ = ppo.updates(student, micro, seed=0, step=0)
+    updates, _ = ppo.updates(student, micro, seed=0, micro_ids=[0])
     scales = [u[0]["ppo"].scale for u in updates]
     assert scales == [1.0, 1.0, 0.0]
     empty = updates[2][0]

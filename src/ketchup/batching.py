@@ -10,12 +10,16 @@ the continuation only: the source as a user turn of the tokenizer's chat templat
 from __future__ import annotations
 
 import inspect
+import logging
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import GenerationConfig
+from transformers import CompileConfig, EncoderDecoderCache, GenerationConfig, StaticCache
 
 SEPARATOR = "\n"  # ends a decoder-only prompt, so prompt and continuation are tokenised apart
+CACHES = ("auto", "dynamic", "static")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,7 +102,7 @@ def make_batch(tokenizer, sources: list[str], targets: list[str] | None, arch: s
 def target_logits(model, arch: str, batch: Batch) -> torch.Tensor:
     """Logits [B, T, V] where position t scores ``batch.target_ids[:, t]`` (teacher forcing)."""
     if arch == "seq2seq":
-        start = model.config.decoder_start_token_id
+        start = getattr(model, "module", model).config.decoder_start_token_id  # DDP wraps it
         decoder_input_ids = torch.cat([torch.full_like(batch.target_ids[:, :1], start), batch.target_ids[:, :-1]], 1)
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      decoder_input_ids=decoder_input_ids).logits
@@ -137,39 +141,149 @@ def decoding_config(tokenizer, max_new_tokens: int, sample: bool, num_beams: int
         bos_token_id=tokenizer.bos_token_id, use_cache=True)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every decode runs: the KV cache (``generation.cache``) and whether the decode step is
+    compiled (``generation.compile``). ``auto`` resolves on the model's device (``resolved``)."""
+    cache: str = "auto"
+    compile: bool | str = "auto"
+
+    @classmethod
+    def of(cls, gen: dict) -> "Decoding":
+        return cls(gen.get("cache", "auto"), gen.get("compile", "auto"))
+
+    def resolved(self, device: torch.device) -> tuple[str, bool]:
+        """(cache, compile) on ``device``. ``auto``: on CPU the dynamic cache, eager (fastest measured on
+        CPU, benchmarks/decode.py); on an accelerator a static cache with the decode step compiled
+        (transformers' fast path: fixed shapes, so one graph per shape)."""
+        if self.cache not in CACHES:
+            raise ValueError(f"config key 'generation.cache': {self.cache!r} is not one of {CACHES}")
+        on_cpu = device.type == "cpu"
+        cache = ("dynamic" if on_cpu else "static") if self.cache == "auto" else self.cache
+        compiled = (not on_cpu and cache == "static") if self.compile == "auto" else bool(self.compile)
+        if compiled and cache != "static":
+            raise ValueError("config key 'generation.compile': compiled decoding needs generation.cache: static "
+                             "(a dynamic cache changes shape every step)")
+        return cache, compiled
+
+
+def length_bucket(n: int, smallest: int = 16) -> int:
+    """The source width a static-cache decode pads to: the next power of two from ``smallest``, so
+    the shapes a compiled decode sees repeat (a handful per run) instead of one per batch."""
+    width = smallest
+    while width < n:
+        width *= 2
+    return width
+
+
+def pad_sources(batch: Batch, width: int, pad_id: int, arch: str) -> Batch:
+    """``batch`` with its sources padded to ``width`` columns (masked: the outputs do not change);
+    decoder-only prompts are padded on the left, as ``collate`` pads them."""
+    extra = width - batch.input_ids.shape[1]
+    if extra <= 0:
+        return batch
+    side = (extra, 0) if arch == "decoder" else (0, extra)
+    pad = torch.nn.functional.pad
+    return replace(batch, input_ids=pad(batch.input_ids, side, value=pad_id),
+                   attention_mask=pad(batch.attention_mask, side, value=0))
+
+
+# One static cache per model and shape, kept across calls and reset before each: a new cache per call
+# would re-record a compiled decode's graphs every call. Weak keys: a model's caches go with it.
+_STATIC_CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_GRAPHS = {"shapes": 0, "compiled": 0}  # static cache shapes made and decode graphs compiled, this process
+
+
+def static_cache(model, arch: str, batch_size: int, source_width: int, max_new_tokens: int):
+    """The model's static cache for this shape, reset (empty); made on first use."""
+    caches = _STATIC_CACHES.setdefault(model, {})
+    key = (batch_size, source_width, max_new_tokens, next(model.parameters()).dtype)
+    if key not in caches:
+        config = model.config.get_text_config(decoder=True)
+        if arch == "seq2seq":  # self-attention over the outputs, cross-attention over the sources
+            caches[key] = EncoderDecoderCache(StaticCache(config=config, max_cache_len=max_new_tokens + 1),
+                                              StaticCache(config=config, max_cache_len=source_width))
+        else:
+            caches[key] = StaticCache(config=config, max_cache_len=source_width + max_new_tokens)
+        _GRAPHS["shapes"] += 1
+        log.info("static decode cache #%d: batch %d, sources %d, %d new tokens", _GRAPHS["shapes"], batch_size,
+                 source_width, max_new_tokens)
+    cache = caches[key]
+    cache.reset()
+    return cache
+
+
+# Dynamo compiles one graph per decode shape and, past its recompile limit (8 by default), silently
+# falls back to eager: a run's shapes (batch sizes x source buckets) fit under this one.
+RECOMPILE_LIMIT = 64
+
+
+def _compile_config(device: torch.device) -> CompileConfig:
+    """transformers' default for the decode step (CUDA graphs on a GPU); plain inductor on CPU."""
+    config = CompileConfig() if device.type == "cuda" else CompileConfig(mode="default")
+    config._compile_all_devices = device.type != "cuda"  # transformers compiles on accelerators only, unasked
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return config
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
-             num_beams: int = 1, dropout: bool = False, logits_processor=None) -> Batch:
+             num_beams: int = 1, dropout: bool = False, logits_processor=None,
+             decoding: Decoding = Decoding("dynamic", False)) -> Batch:
     """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax).
 
     In eval mode, unless ``dropout``: then in train mode, so dropout perturbs the decode (the
     reference's RL rollouts). The model's mode is restored afterwards. ``logits_processor``: None, or
     a function of the number of leading non-generated columns that ``generate`` shows a processor,
-    returning a list of them (``ketchup.calculator.processors``).
+    returning a list of them (``ketchup.calculator.processors``). ``decoding``: the cache and
+    compilation (``Decoding``); with a static cache the sources are padded to ``length_bucket`` and
+    the model's cache for that shape is reused, so the tokens are those of the dynamic cache.
     """
     was_training = model.training
     model.train(dropout)
+    cache_kind, compiled = decoding.resolved(next(model.parameters()).device)
+    source, source_width, cache = batch, batch.input_ids.shape[1], None
+    if cache_kind == "static":
+        batch = pad_sources(batch, length_bucket(source_width), tokenizer.pad_token_id, arch)
+        cache = static_cache(model, arch, batch.input_ids.shape[0] * num_beams, batch.input_ids.shape[1],
+                             max_new_tokens)
     # generate() fills every setting left unset from the checkpoint's generation_config (sampling,
     # repetition penalty, lengths ...): decode against a blank one so only decoding_config counts.
     processors = None
     if logits_processor is not None:  # seq2seq: the decoder start token; decoder-only: the prompt
         processors = logits_processor(1 if arch == "seq2seq" else batch.input_ids.shape[1])
+    config = decoding_config(tokenizer, max_new_tokens, sample, num_beams,
+                             model.config.decoder_start_token_id if arch == "seq2seq" else None)
+    config.disable_compile = not compiled
+    if compiled:
+        config.compile_config = _compile_config(next(model.parameters()).device)
+    graphs = _graphs() if compiled else 0
     inherited, model.generation_config = model.generation_config, GenerationConfig()
     try:
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             generation_config=decoding_config(
-                                 tokenizer, max_new_tokens, sample, num_beams,
-                                 model.config.decoder_start_token_id if arch == "seq2seq" else None),
-                             logits_processor=processors)
+                             generation_config=config, logits_processor=processors,
+                             **({"cache": cache} if cache is not None else {}))
     finally:
         model.generation_config = inherited
+    if compiled and _graphs() > graphs:
+        _GRAPHS["compiled"] += _graphs() - graphs
+        log.info("decode step compiled again (%d graphs in this process, %d static cache shapes)",
+                 _GRAPHS["compiled"], _GRAPHS["shapes"])
+        if _GRAPHS["compiled"] >= RECOMPILE_LIMIT:
+            log.warning("%d compiled decode graphs: past torch._dynamo's recompile limit decodes run eagerly; "
+                        "fewer shapes (one generation.batch_size, shorter sources) avoid it", _GRAPHS["compiled"])
     # seq2seq outputs start with the decoder start token; decoder outputs repeat the prompt.
     new = out[:, 1:] if arch == "seq2seq" else out[:, batch.input_ids.shape[1]:]
     if new.shape[1] == 0:
         new = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=out.dtype, device=out.device)
     model.train(was_training)
     target_ids, target_mask = mask_after_eos(new, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return batch.with_targets(target_ids, target_mask)
+    return source.with_targets(target_ids, target_mask)  # the sources as given, without the bucket's padding
 
 
 def decode(tokenizer, batch: Batch) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ketchup import objectives
-from ketchup.batching import Batch, generate, target_logits
+from ketchup.batching import Batch, Decoding, generate, target_logits
 from ketchup import registry
 from ketchup.config import RL_DEFAULTS
 
@@ -72,6 +72,7 @@ class Objective:
     rl: dict[str, Any] = field(default_factory=dict)
     k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
     logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
+    decoding: Decoding = Decoding()  # the cache and compilation of student decodes (generation.cache / compile)
 
     def __post_init__(self) -> None:
         self.rl = {**RL_DEFAULTS, **self.rl}  # the settings a spec leaves out take the schema's defaults
@@ -94,7 +95,7 @@ class Objective:
         """The real target tokens of one micro-batch (logged; PPO's stand-in rows count for nothing)."""
         return sum(float(_rows(b).target_mask.sum()) * _scale(b) for b in batches.values())
 
-    def updates(self, student, micro: list[dict[str, Batch]], *, seed: int, step: int
+    def updates(self, student, micro: list[dict[str, Batch]], *, seed: int, micro_ids: list[int]
                 ) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
         """The optimizer updates of one rollout batch (each a list of micro-batches for ``loss``) and
         statistics of the batch itself.
@@ -102,8 +103,9 @@ class Objective:
         Every method but PPO: one update over all the micro-batches, no statistics. PPO
         (ketchup-ppo, llmr-ppo): each micro-batch is prepared once (``prepare``: teacher returns,
         log pi_old and advantages); then, for each of rl.ppo_epochs passes, its rows are shuffled
-        (a generator seeded by ``seed`` and ``step``, so a resumed run deals the same) and dealt
-        into rl.ppo_minibatches parts, and update j takes part j of every micro-batch. A part left
+        (a generator seeded by ``seed`` and the micro-batch's index in the run, ``micro_ids``, so a
+        resumed run deals the same, and two processes deal as one accumulating their micro-batches)
+        and dealt into rl.ppo_minibatches parts, and update j takes part j of every micro-batch. A part left
         empty (a micro-batch with fewer rows than minibatches) becomes one row of weight 0, so that
         every process runs as many backward passes per update.
         """
@@ -119,10 +121,10 @@ class Objective:
         stats["rollouts"] = float(sum(p.batch.target_ids.shape[0] for p in prepared))
         if epochs == 1 and parts == 1:
             return [[{PPO_ROWS: p} for p in prepared]], stats
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        generators = [torch.Generator().manual_seed(seed * 1_000_003 + m) for m in micro_ids]
         updates = []
         for _ in range(epochs):
-            deals = [torch.randperm(p.batch.target_ids.shape[0], generator=generator) for p in prepared]
+            deals = [torch.randperm(p.batch.target_ids.shape[0], generator=g) for p, g in zip(prepared, generators)]
             for j in range(parts):
                 update = []
                 for p, order in zip(prepared, deals):
@@ -158,7 +160,7 @@ class Objective:
         if self.family == "divergence":
             data, rest = split_for_two_sources(batch)
             sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
-                               logits_processor=self.logits_processor)
+                               logits_processor=self.logits_processor, decoding=self.decoding)
             return {"data": data, "student": sampled}
         return {"student": self.rl_rollout(student, batch)}
 
@@ -167,7 +169,7 @@ class Objective:
         ``rl.rollout_dropout`` (the reference decoded with the student in train mode) or in eval mode."""
         return generate(student, self.arch, batch, self.tokenizer, self.max_new_tokens,
                         sample=self.rl["rollout"] == "sample", dropout=bool(self.rl["rollout_dropout"]),
-                        logits_processor=self.logits_processor)
+                        logits_processor=self.logits_processor, decoding=self.decoding)
 
     @property
     def normalize(self) -> str:

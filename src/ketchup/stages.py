@@ -33,7 +33,7 @@ def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir
 def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,
                    desc: str = "generate") -> list[str]:
     """Greedy (or beam) outputs for ``sources_``, batched by length, in the original order."""
-    from ketchup.batching import decode, generate, make_batch
+    from ketchup.batching import Decoding, decode, generate, make_batch
     from ketchup.calculator import processors
 
     processor = processors(gen, tok)
@@ -45,7 +45,7 @@ def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, An
         idx = order[start: start + bs]
         batch = make_batch(tok, [sources_[i] for i in idx], None, arch, max_source_length, 1).to(device)
         out = generate(model, arch, batch, tok, gen["max_new_tokens"], sample=False, num_beams=gen["num_beams"],
-                       logits_processor=processor)
+                       logits_processor=processor, decoding=Decoding.of(gen))
         for i, text in zip(idx, decode(tok, out)):
             outputs[i] = text
     return outputs
@@ -207,6 +207,7 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,
                    init_dir: str | None, ckpt_dir: str, out_dir: str) -> None:
     from ketchup import registry
+    from ketchup.batching import Decoding
     from ketchup.calculator import processors
     from ketchup.methods import Objective
     from ketchup.models import load_model
@@ -226,7 +227,7 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
     teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if registry.get(method).needs_teacher else None
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1),
-                          logits_processor=processors(spec["generation"], tok))
+                          logits_processor=processors(spec["generation"], tok), decoding=Decoding.of(spec["generation"]))
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -67,6 +68,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank`` of a data-parallel run seeded ``seed``: ``seed`` itself on the main
+    process (a one-process run is unchanged), a stream of its own on every other, so that the
+    processes draw different samples and dropout masks (the data order comes from ``seed`` alone)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
+
+
 # Bumped when the checkpoint layout changes, so older checkpoints are never loaded.
 CHECKPOINT_FORMAT = 2
 
@@ -109,8 +117,12 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     """
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     settings = {**OPTIM_DEFAULTS, **settings}  # a hand-written spec may leave keys to the schema
-    accelerator = Accelerator(mixed_precision=settings["mixed_precision"], cpu=not torch.cuda.is_available())
-    set_seed(seed)
+    # split_batches: the scheduler steps once per optimizer step, whatever the number of processes
+    # (accelerate otherwise steps it once per process, for a data loader's per-process batches; the
+    # loop counts total_steps in optimizer steps). No data loader is prepared, so it changes nothing else.
+    accelerator = Accelerator(mixed_precision=settings["mixed_precision"], cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    set_seed(rank_seed(seed, accelerator.process_index))
     if settings["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
@@ -159,15 +171,20 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     while state["step"] < total_steps:
         step = state["step"]
         started = time.perf_counter()
-        micro = []
+        micro, micro_ids = [], []
         for j in range(accum):
             m = (step * accum + j) * world + rank
+            micro_ids.append(m)
             epoch, within = divmod(m, micro_per_epoch)
             pairs = [data.pair(i, epoch) for i in _micro_batch_indices(n, bs, seed, epoch, lengths)[within]]
             batch = collate([s for s, _ in pairs], [t for _, t in pairs], tokenizer.pad_token_id,
                             arch).to(accelerator.device)
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
-        updates, batch_stats = objective.updates(accelerator.unwrap_model(model), micro, seed=seed, step=step)
+        updates, batch_stats = objective.updates(accelerator.unwrap_model(model), micro, seed=seed,
+                                                 micro_ids=micro_ids)
+        if world > 1 and batch_stats:  # of the whole rollout batch: rollouts summed, the rest averaged
+            rollouts, rest = _across_processes(accelerator, batch_stats.pop("rollouts"), batch_stats)
+            batch_stats = {**rest, "rollouts": rollouts}
         row, stats = _step_row([_optimizer_step(accelerator, model, optimizer, scheduler, objective, update, settings)
                                 for update in updates], batch_stats)
         state["step"] = step + 1
@@ -210,6 +227,8 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objec
         loss_total += float(loss.detach()) / world
         for k, v in stats.items():
             stats_sum[k] = stats_sum.get(k, 0.0) + v / accum
+    if world > 1:  # the logged loss and statistics are of the whole step, all processes' micro-batches
+        loss_total, stats_sum = _across_processes(accelerator, loss_total, stats_sum)
     if settings["max_grad_norm"]:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), settings["max_grad_norm"]))
     else:
@@ -241,6 +260,15 @@ def _step_row(results: list[tuple[dict[str, float], dict[str, float]]], batch_st
     return row, {**batch_stats, **stats}
 
 
+def _across_processes(accelerator: Accelerator, loss: float, stats: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """The sum of the processes' loss shares and the mean of their statistics (each a mean over its
+    own micro-batches), as one process running all the micro-batches would log them."""
+    names = sorted(stats)
+    values = torch.tensor([loss, *(stats[k] for k in names)], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, "sum")
+    return float(values[0]), {k: float(v) / accelerator.num_processes for k, v in zip(names, values[1:])}
+
+
 class _Checkpoints:
     """The resumable state of one run under ``ckpt_dir``.
 
@@ -266,22 +294,27 @@ class _Checkpoints:
             if (bad := checkpoints.problem(folder)) is None:
                 state = json.loads((folder / "trainer_state.json").read_text())
                 if state["fingerprint"] != key:
-                    print(f"checkpoint {folder} belongs to another configuration or other inputs (fingerprint "
-                          f"{state['fingerprint']}, this run {key}): starting over", file=sys.stderr)
+                    self.accelerator.print(f"checkpoint {folder} belongs to another configuration or other inputs "
+                                           f"(fingerprint {state['fingerprint']}, this run {key}): starting over",
+                                           file=sys.stderr)
                     break
                 best = self.best_dir(state["best_step"])
                 if state["best_step"] is None or (bad := checkpoints.problem(best)) is None:
+                    # Each process loads its own random states (random_states_{rank}.pkl).
                     self.accelerator.load_state(str(folder))
-                    shutil.copy(folder / "metrics.jsonl", self.log_path)  # the log as it was at that step
+                    if self.accelerator.is_main_process:
+                        shutil.copy(folder / "metrics.jsonl", self.log_path)  # the log as it was at that step
                     self.accelerator.print(f"resuming from step {state['step']} of {total_steps} ({folder})",
                                            file=sys.stderr)
                     return state
                 bad = f"its best model {best.name}: {bad}"
+            self.accelerator.wait_for_everyone()  # every process has read the folder before it is moved
             if self.accelerator.is_main_process:
                 checkpoints.set_aside(folder, bad)
         else:
             if self.dir.exists() and any(self.dir.iterdir()):
-                print(f"no usable checkpoint in {self.dir}: starting from scratch", file=sys.stderr)
+                self.accelerator.print(f"no usable checkpoint in {self.dir}: starting from scratch", file=sys.stderr)
+        self.accelerator.wait_for_everyone()  # every process has read the folders before they are deleted
         if self.accelerator.is_main_process:
             for path in self.dir.glob("*") if self.dir.exists() else []:
                 if ".bad-" not in path.name:  # set-aside checkpoints stay for inspection
@@ -308,21 +341,28 @@ class _Checkpoints:
 
     def save(self, state: dict[str, Any]) -> None:
         """Seal a checkpoint of ``state`` as ``last`` (the old one becomes ``prev``), then drop the best
-        models neither refers to."""
-        self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
+        models neither refers to. Every process writes its own random states into it (its stream
+        resumes where it stopped), the main process everything else."""
+        main = self.accelerator.is_main_process
         tmp = self.dir / "last.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         try:
             with disk_errors(tmp):
                 self.accelerator.save_state(str(tmp))
-                (tmp / "trainer_state.json").write_text(json.dumps(state))
-                shutil.copy(self.log_path, tmp / "metrics.jsonl")
-                checkpoints.seal(tmp)
+                self.accelerator.wait_for_everyone()
+                if main:
+                    (tmp / "trainer_state.json").write_text(json.dumps(state))
+                    shutil.copy(self.log_path, tmp / "metrics.jsonl")
+                    checkpoints.seal(tmp)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint behind
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint behind
             raise
+        if not main:
+            return
         checkpoints.install(tmp, self.last, previous=self.prev)
         keep = {self.best_dir(json.loads((f / "trainer_state.json").read_text())["best_step"]).name
                 for f in (self.last, self.prev) if f.exists()}

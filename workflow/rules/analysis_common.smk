@@ -57,6 +57,7 @@ def grad_variance_spec(wildcards):
             "confidence": gv["confidence"],
             "projection_dim": gv["projection_dim"],
             "calculator": kconfig.calculator_on(config, wildcards.task),
+            **{k: kconfig.generation_settings(config, wildcards.task)[k] for k in ("cache", "compile")},
         }
     )
 

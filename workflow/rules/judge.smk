@@ -5,6 +5,9 @@
 # The API key is read by the jobs from the environment variable named by judge.api_key_env; it is
 # never a param, never in a command line, log, output or cache entry. Replies are cached under
 # results/judge/cache/ (content-addressed), so a rerun makes no request for finished judgements.
+# Requests ask for structured output (response_format) unless the server refuses it; an unparseable
+# reply gets one repair turn (prompts/repair.txt). Each job's summary JSON says what it asked and
+# spent (this_run), and llm_judge.csv sums requests, repair turns and tokens per method.
 
 # At most one judge job calls the API at a time (each keeps judge.concurrency requests in flight),
 # so the cap holds for the whole run. `--resources llm_judge_api=N` allows N jobs at once.
@@ -17,7 +20,7 @@ rule judge_scores:
         method=JUDGE_METHOD,
     input:
         predictions=judged_predictions,
-        templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "score.txt")],
+        templates=[str(JUDGE_PROMPTS / f) for f in ("system.txt", "score.txt", "repair.txt")],
     output:
         scores=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.jsonl"),
         summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "scores.summary.json"),
@@ -42,7 +45,7 @@ rule judge_pairwise:
     input:
         predictions=judged_predictions,
         baseline=baseline_predictions,
-        templates=[str(JUDGE_PROMPTS / "system.txt"), str(JUDGE_PROMPTS / "pairwise.txt")],
+        templates=[str(JUDGE_PROMPTS / f) for f in ("system.txt", "pairwise.txt", "repair.txt")],
     output:
         pairwise=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.jsonl"),
         summary=paths.judge_file("{task}", "{student}", "{method}", "{seed}", "pairwise.summary.json"),

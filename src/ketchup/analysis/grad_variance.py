@@ -63,7 +63,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
 
     from ketchup import objectives
     from ketchup.analysis import variance
-    from ketchup.batching import make_batch, target_logits
+    from ketchup.batching import Decoding, make_batch, target_logits
     from ketchup.config import RL_DEFAULTS
     from ketchup.calculator import processors
     from ketchup.methods import Objective
@@ -89,7 +89,7 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     rows = read_jsonl(train_outputs)
     batches = minibatch_indices(len(rows), m, bs, seed)
     objective = Objective("ketchup", arch, tok, teacher=teacher, max_new_tokens=spec["max_target_length"], rl=rl,
-                          logits_processor=processors(spec, tok))
+                          logits_processor=processors(spec, tok), decoding=Decoding.of(spec))
     torch.manual_seed(seed)  # the sampled rollouts and their dropout masks
     vectors: dict[int, list] = {k: [] for k in ks}
     norms: dict[int, list[float]] = {k: [] for k in ks}

@@ -50,6 +50,7 @@ class JudgeConfig:
     criteria: tuple[str, ...] = tuple(_DEFAULTS["criteria"])
     max_chars: int | None = _DEFAULTS["max_chars"]  # source/reference/output longer than this are cut (cost bound)
     max_invalid_fraction: float = _DEFAULTS["max_invalid_fraction"]  # more invalid judgements fail the job
+    structured_output: bool = _DEFAULTS["structured_output"]  # send response_format (a JSON schema) if taken
     task_descriptions: Mapping[str, str] = field(default_factory=dict)  # task name -> text
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:

@@ -33,7 +33,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Iterator, Sequence
 
-TEMPLATE_VERSION = "v1"  # bump when the protocol (not only the text) changes
+# Bump when the protocol (not only the text) changes. v2: structured output (response_format) and
+# one repair turn for an unparseable reply, instead of asking the same prompt again.
+TEMPLATE_VERSION = "v2"
 
 CRITERIA_DESCRIPTIONS = {
     "overall": "overall quality: how well the output accomplishes the task, including correctness "
@@ -88,16 +90,18 @@ def sample_ids(ids: Iterable[str], n: int | None, seed: int) -> list[str]:
 
 @lru_cache(maxsize=None)
 def load_template(name: str) -> str:
-    """Text of ``prompts/<name>.txt`` (name: "system", "score" or "pairwise")."""
+    """Text of ``prompts/<name>.txt`` (name: "system", "score", "pairwise" or "repair")."""
     return resources.files("ketchup.judge").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
 
 
 def template_version(kind: str) -> str:
-    """Version string of a prompt kind: protocol version + hash of the system and kind templates.
+    """Version string of a prompt kind: protocol version + hash of the templates it uses (system,
+    the kind's, and the repair turn's).
 
     Part of the cache key, so editing a template file invalidates exactly the affected entries.
     """
-    h = hashlib.sha256((load_template("system") + "\x00" + load_template(kind)).encode("utf-8"))
+    texts = (load_template("system"), load_template(kind), load_template("repair"))
+    h = hashlib.sha256("\x00".join(texts).encode("utf-8"))
     return f"{kind}-{TEMPLATE_VERSION}-{h.hexdigest()[:12]}"
 
 
@@ -129,12 +133,18 @@ def _messages(user: str) -> list[dict[str, str]]:
     ]
 
 
+def _score_format(criteria: Sequence[str]) -> str:
+    return "{" + ", ".join(f'"{c}": <1-10>' for c in criteria) + "}"
+
+
+_PAIRWISE_FORMAT = '{"winner": "<A, B or tie>"}'
+
+
 def score_messages(task_description: str, source: str, reference: str, output: str,
                    criteria: Sequence[str], max_chars: int | None = None) -> list[dict[str, str]]:
     """Chat messages asking for a 1-10 score per criterion for one output."""
-    reply_format = "{" + ", ".join(f'"{c}": <1-10>' for c in criteria) + "}"
-    return _filled("score", task_description, criteria, max_chars, reply_format=reply_format, source=source,
-                   reference=reference, output=output)
+    return _filled("score", task_description, criteria, max_chars, reply_format=_score_format(criteria),
+                   source=source, reference=reference, output=output)
 
 
 def pairwise_messages(task_description: str, source: str, reference: str, output_a: str,
@@ -152,6 +162,40 @@ def _filled(template: str, task_description: str, criteria: Sequence[str], max_c
     user = load_template(template).format(task=task_description, criteria=_criteria_block(criteria), **extra,
                                           **{name: _truncate(text, max_chars) for name, text in texts.items()})
     return _messages(user)
+
+
+def repair_message(kind: str, criteria: Sequence[str]) -> dict[str, str]:
+    """The user turn sent after an unparseable reply (which follows the prompt as the assistant's
+    turn): it asks once more for the reply format of ``kind`` ("score" or "pairwise")."""
+    fmt = _score_format(criteria) if kind == "score" else _PAIRWISE_FORMAT
+    return {"role": "user", "content": load_template("repair").format(reply_format=fmt).strip()}
+
+
+def response_format(kind: str, criteria: Sequence[str]) -> dict[str, Any]:
+    """The OpenAI ``response_format`` asking for structured output: a JSON schema of the reply.
+
+    Score: an object with exactly the configured criteria, each an integer 1..10. Pairwise: an
+    object ``{"winner": "A" | "B" | "tie"}``. The parsers accept every reply these schemas allow.
+    """
+    if kind == "score":
+        name = "judge_scores"
+        schema = {
+            "type": "object",
+            "properties": {c: {"type": "integer", "minimum": 1, "maximum": 10} for c in criteria},
+            "required": list(criteria),
+            "additionalProperties": False,
+        }
+    elif kind == "pairwise":
+        name = "judge_verdict"
+        schema = {
+            "type": "object",
+            "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+            "required": ["winner"],
+            "additionalProperties": False,
+        }
+    else:
+        raise ValueError(f"kind must be 'score' or 'pairwise', got {kind!r}")
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
 
 
 # --------------------------------------------------------------------------- reply parsing

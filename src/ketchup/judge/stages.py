@@ -10,21 +10,28 @@ Outputs
 
     {"id": str, "scores": {criterion: int 1..10 | null}, "valid": bool,
      "usage": {"prompt_tokens": int, "completion_tokens": int}, "cost_usd": float,
-     "attempts": int, "error": str | null, "reply": str | null}
+     "attempts": int, "repairs": 0 | 1, "repair_usage": {...the repair turn's part of usage...},
+     "error": str | null, "reply": str | null}
 
-and next to it :func:`summary_path` (``scores.jsonl`` -> ``scores.summary.json``): counts,
-per-criterion means over valid judgements, tokens, cost, template version, and this run's
-``api_requests`` / ``cache_hits``. The summary is written first and the JSONL last, so the JSONL
-existing means the stage finished.
+(``attempts``: HTTP requests that produced the judgement, transport retries and the repair turn
+included; ``reply``: the last reply, the repaired one after a repair turn.) Next to it
+:func:`summary_path` (``scores.jsonl`` -> ``scores.summary.json``): counts, per-criterion means over
+valid judgements, template version, what producing the judgements took (``requests``,
+``repair_requests``, ``prompt_tokens``, ``completion_tokens``, ``repair_prompt_tokens``,
+``repair_completion_tokens``, ``cost_usd``; from the cache or not) and what this run itself asked
+and spent (``this_run``: ``api_requests``, ``repair_requests``, ``cache_hits``, ``prompt_tokens``,
+``completion_tokens``, ``cost_usd``, ``structured_output``: "used", "refused", "off" or "untried").
+The summary is written first and the JSONL last, so the JSONL existing means the stage finished.
 
 ``pairwise_run`` writes ``out_path`` (JSONL) with, per example, both orders and the combination
 (``ab``: method shown as A, baseline as B; ``ba``: swapped; outcomes are the method's)::
 
     {"id": str, "baseline": str,
-     "ab": {"verdict": "A"|"B"|"tie"|null, "outcome": "win"|"tie"|"loss"|null, "valid": bool, "error": ...},
+     "ab": {"verdict": "A"|"B"|"tie"|null, "outcome": "win"|"tie"|"loss"|null, "valid": bool,
+            "attempts": int, "repairs": 0|1, "error": ..., "reply": ...},
      "ba": {...same...},
      "outcome": "win"|"tie"|"loss"|"invalid", "valid": bool,
-     "usage": {...both orders summed...}, "cost_usd": float}
+     "usage": {...both orders summed...}, "repair_usage": {...both orders summed...}, "cost_usd": float}
 
 plus its summary (win/tie/loss counts and rates, position-consistency diagnostics). The combination
 rule is documented in :mod:`ketchup.judge.protocol`.
@@ -155,6 +162,7 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
     tdesc = protocol.describe_task(task, dict(cfg.task_descriptions))
     version = protocol.template_version("score")
     criteria = list(cfg.criteria)
+    rf, repair = protocol.response_format("score", criteria), protocol.repair_message("score", criteria)
 
     def parse(text):
         return protocol.parse_score_reply(text, criteria)
@@ -165,16 +173,17 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
             r = preds[ex_id]
             msgs = protocol.score_messages(tdesc, r.get("source", ""), r.get("reference", ""),
                                            r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(msgs, parse, version, kind="score"))
+            coros.append(jc.judge(msgs, parse, version, kind="score", response_format=rf, repair=repair))
         results: list[Judgement] = await _gather(coros)
-        n_requests, n_hits = jc.n_requests, jc.n_cache_hits
+        this_run = jc.run_stats()
 
     records = []
     for ex_id, j in zip(ids, results):
         scores = j.parsed if j.valid else {c: None for c in criteria}
         records.append({
             "id": ex_id, "scores": scores, "valid": j.valid, "usage": j.usage,
-            "cost_usd": round(j.cost_usd, 8), "attempts": j.attempts, "error": j.error, "reply": j.reply,
+            "cost_usd": round(j.cost_usd, 8), "attempts": j.attempts, "repairs": j.repairs,
+            "repair_usage": j.repair_usage, "error": j.error, "reply": j.reply,
         })
     _check_invalid(records, cfg, "judge scores", predictions_path)
     valid = [r for r in records if r["valid"]]
@@ -184,12 +193,14 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
         "n_examples": len(records), "n_valid": len(valid), "n_invalid": len(records) - len(valid),
         "mean": {c: (float(np.mean([r["scores"][c] for r in valid])) if valid else None) for c in criteria},
         **_usage_totals(records, cfg),
-        "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
+        "this_run": this_run,
     }
     write_json(summary_path(out_path), summary)
     write_jsonl(out_path, records)
-    log.info("judge scores: %s (%d valid, %d invalid, %d API requests, %d cache hits)",
-             out_path, summary["n_valid"], summary["n_invalid"], n_requests, n_hits)
+    log.info("judge scores: %s (%d valid, %d invalid; this run: %d API requests, %d repair turns, %d cache hits, "
+             "%d prompt + %d completion tokens)", out_path, summary["n_valid"], summary["n_invalid"],
+             this_run["api_requests"], this_run["repair_requests"], this_run["cache_hits"],
+             this_run["prompt_tokens"], this_run["completion_tokens"])
     return summary
 
 
@@ -206,10 +217,26 @@ def score_run(judge_cfg: Mapping[str, Any] | JudgeConfig, task: str, predictions
     return _run_async(ascore_run(judge_cfg, task, predictions_path, out_path, cache_dir))
 
 
+def record_requests(r: Mapping[str, Any]) -> tuple[int, int]:
+    """(HTTP requests, repair turns) that produced a score or pairwise record (both orders)."""
+    parts = [r[o] for o in ("ab", "ba") if isinstance(r.get(o), Mapping)] or [r]
+    return (sum(int(p.get("attempts", 0)) for p in parts), sum(int(p.get("repairs", 0)) for p in parts))
+
+
 def _usage_totals(records: Iterable[dict], cfg: JudgeConfig) -> dict:
+    """What producing the records took (from the cache or not): requests, repair turns, tokens, cost."""
+    records = list(records)
     pt = sum(int(r["usage"]["prompt_tokens"]) for r in records)
     ct = sum(int(r["usage"]["completion_tokens"]) for r in records)
-    return {"prompt_tokens": pt, "completion_tokens": ct, "cost_usd": round(cfg.cost(pt, ct), 8)}
+    reqs = [record_requests(r) for r in records]
+    return {
+        "requests": sum(n for n, _ in reqs), "repair_requests": sum(k for _, k in reqs),
+        "prompt_tokens": pt, "completion_tokens": ct,
+        "repair_prompt_tokens": sum(int((r.get("repair_usage") or {}).get("prompt_tokens", 0)) for r in records),
+        "repair_completion_tokens": sum(int((r.get("repair_usage") or {}).get("completion_tokens", 0))
+                                        for r in records),
+        "cost_usd": round(cfg.cost(pt, ct), 8),
+    }
 
 
 # --------------------------------------------------------------------------- pairwise
@@ -228,6 +255,8 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
     tdesc = protocol.describe_task(task, dict(cfg.task_descriptions))
     version = protocol.template_version("pairwise")
     criteria = list(cfg.criteria)
+    ask = {"response_format": protocol.response_format("pairwise", criteria),
+           "repair": protocol.repair_message("pairwise", criteria)}
 
     async with JudgeClient(cfg, JudgeCache(cache_dir)) as jc:
         coros = []
@@ -236,10 +265,10 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
             src, ref = r.get("source", ""), r.get("reference", "")
             m_ab = protocol.pairwise_messages(tdesc, src, ref, r["prediction"], b["prediction"], criteria, cfg.max_chars)
             m_ba = protocol.pairwise_messages(tdesc, src, ref, b["prediction"], r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(m_ab, protocol.parse_pairwise_reply, version, kind="pairwise"))
-            coros.append(jc.judge(m_ba, protocol.parse_pairwise_reply, version, kind="pairwise"))
+            coros.append(jc.judge(m_ab, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
+            coros.append(jc.judge(m_ba, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
         results: list[Judgement] = await _gather(coros)
-        n_requests, n_hits = jc.n_requests, jc.n_cache_hits
+        this_run = jc.run_stats()
 
     records = []
     for k, ex_id in enumerate(ids):
@@ -248,14 +277,16 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
         o_ba = protocol.orient(j_ba.parsed, "B") if j_ba.valid else None
         combined = protocol.combine_outcomes(o_ab, o_ba)
         pt, ct = j_ab.prompt_tokens + j_ba.prompt_tokens, j_ab.completion_tokens + j_ba.completion_tokens
+
+        def order(j: Judgement, outcome):
+            return {"verdict": j.parsed if j.valid else None, "outcome": outcome, "valid": j.valid,
+                    "attempts": j.attempts, "repairs": j.repairs, "error": j.error, "reply": j.reply}
+
         records.append({
-            "id": ex_id, "baseline": baseline,
-            "ab": {"verdict": j_ab.parsed if j_ab.valid else None, "outcome": o_ab, "valid": j_ab.valid,
-                   "attempts": j_ab.attempts, "error": j_ab.error, "reply": j_ab.reply},
-            "ba": {"verdict": j_ba.parsed if j_ba.valid else None, "outcome": o_ba, "valid": j_ba.valid,
-                   "attempts": j_ba.attempts, "error": j_ba.error, "reply": j_ba.reply},
+            "id": ex_id, "baseline": baseline, "ab": order(j_ab, o_ab), "ba": order(j_ba, o_ba),
             "outcome": combined, "valid": combined != "invalid",
             "usage": {"prompt_tokens": pt, "completion_tokens": ct},
+            "repair_usage": {k: j_ab.repair_usage[k] + j_ba.repair_usage[k] for k in j_ab.repair_usage},
             "cost_usd": round(cfg.cost(pt, ct), 8),
         })
     _check_invalid(records, cfg, "judge pairwise", predictions_path)
@@ -271,7 +302,7 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
         "order_consistency": (sum(r["ab"]["outcome"] == r["ba"]["outcome"] for r in both) / len(both)) if both else None,
         "first_position_rate": (sum(v == "A" for v in single) / len(single)) if single else None,
         **_usage_totals(records, cfg),
-        "this_run": {"api_requests": n_requests, "cache_hits": n_hits},
+        "this_run": this_run,
     }
     write_json(summary_path(out_path), summary)
     write_jsonl(out_path, records)
@@ -346,7 +377,7 @@ TABLE_BASE_COLUMNS = [
 TABLE_PAIR_COLUMNS = [
     "baseline", "n_pairs", "n_pair_invalid", "win_rate", "tie_rate", "loss_rate",
 ]
-TABLE_TAIL_COLUMNS = ["n_invalid", "prompt_tokens", "completion_tokens", "cost_usd"]
+TABLE_TAIL_COLUMNS = ["n_invalid", "requests", "repair_requests", "prompt_tokens", "completion_tokens", "cost_usd"]
 
 
 def _fmt(v) -> str:
@@ -365,8 +396,9 @@ def judge_table(score_files: Iterable, pairwise_files: Iterable, out_csv, *, n_b
     95 % percentile-bootstrap CI ``c_ci_low``/``c_ci_high`` (``n_boot`` = 2000 resamples of the example ids,
     all seeds of an example moving together; fixed RNG ``seed``). Pairwise: combined outcomes of
     all seeds vs the baseline, rates over valid pairs (empty for rows without pairwise files,
-    e.g. the baseline itself). ``n_invalid`` = invalid score judgements + invalid pairs; tokens and
-    cost are summed over both kinds (what producing the judgements cost, cached or not).
+    e.g. the baseline itself). ``n_invalid`` = invalid score judgements + invalid pairs; HTTP
+    requests (``requests``, of which ``repair_requests`` were repair turns), tokens and cost are
+    summed over both kinds (what producing the judgements cost, cached or not).
     Returns the rows (as written, values unformatted).
     """
     groups: dict[tuple, dict] = defaultdict(lambda: {"seeds": set(), "scores": [], "pairs": []})
@@ -414,6 +446,8 @@ def judge_table(score_files: Iterable, pairwise_files: Iterable, out_csv, *, n_b
         })
         row["n_invalid"] = row["n_score_invalid"] + row["n_pair_invalid"]
         allr = scores + pairs
+        reqs = [record_requests(r) for r in allr]
+        row["requests"], row["repair_requests"] = sum(n for n, _ in reqs), sum(k for _, k in reqs)
         row["prompt_tokens"] = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) for r in allr)
         row["completion_tokens"] = sum(int((r.get("usage") or {}).get("completion_tokens", 0)) for r in allr)
         row["cost_usd"] = float(sum(float(r.get("cost_usd", 0.0)) for r in allr))
