@@ -38,8 +38,8 @@ COMPONENTS = ("train_s", "dev_eval_s", "rollout_s", "generation_s", "other_s")
 
 @dataclass(frozen=True)
 class SplitLengths:
-    """Token lengths of one split: each example's source (EOS included) and target (EOS included),
-    in the order generation batches them (ketchup.stages.generate_texts sorts by source characters)."""
+    """Token lengths of one split, in the split's order: each example's source and target (EOS
+    included)."""
     source: tuple[int, ...]
     target: tuple[int, ...]
 
@@ -124,7 +124,8 @@ def grouped_max(lengths: Iterable[int], batch: int, cap: int) -> float:
 def decode_batches(split: SplitLengths, n: int, batch: int, max_new: int) -> list[int]:
     """Predicted new tokens of each generation batch over the first ``n`` examples: the longest
     target of the batch (a model writing the references' lengths stops there), at most ``max_new``.
-    Batches are formed as generation forms them (the split order is already by source characters)."""
+    Batches are formed as generation forms them: the first ``n`` examples sorted by source length
+    (ketchup.stages.generate_texts sorts by characters; tokens here)."""
     order = sorted(range(min(n, split.n)), key=lambda i: split.source[i])
     return [min(max_new, max(split.target[i] for i in order[s: s + batch])) for s in range(0, len(order), batch)]
 

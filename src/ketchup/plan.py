@@ -45,7 +45,6 @@ def data_lengths(config: dict[str, Any], task: str, data_dir: str | Path, tokeni
     splits = {}
     for split in ("train", "dev", "test"):
         examples = sources.examples(task, Path(data_dir) / f"{split}.jsonl", prompt, calculator_on(config, task))
-        examples = sorted(examples, key=lambda e: len(e["source"]))  # the order generation batches them
         src = encode_sources(tokenizer, [e["source"] for e in examples], config["architecture"], max_src)
         # Targets untruncated, so a decode's predicted length can reach max_new_tokens (capped there).
         tgt = encode_targets(tokenizer, [e["target"] for e in examples], 10**9)
