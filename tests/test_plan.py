@@ -230,3 +230,43 @@ def test_calibration_of_an_unreadable_model_fails_naming_the_key_before_timing(t
     assert proc.returncode == 2, proc.stderr
     assert "config key 'teacher.model.name_or_path'" in proc.stderr
     assert "calibrating" not in proc.stdout + proc.stderr and not (tmp_path / "cal.json").exists()
+
+
+# --- extrapolating a calibration made with fewer layers ----------------------------------------
+
+
+def test_extrapolate_layers_is_linear_in_each_models_layers():
+    from ketchup.calibration import extrapolate_layers
+
+    def cal(layers_s, layers_t, scale_s, scale_t):
+        unit = {"batch": 1, "coef": [1.0 + scale_s + scale_t, 0.0, 0.0], "student_coef": [scale_s, 0.0, 0.0],
+                "teacher_coef": [scale_t, 0.0, 0.0]}
+        model = lambda layers, real, x: {"layers": layers, "real_layers": real, "optimizer_s": x, "save_s": x,  # noqa: E731
+                                         "load_s": x, "state_s": x, "peak_mib": x, "params": x,
+                                         "decode": {"4": {"batch": 4, "coef": [x, x]}}, "loss": {}}
+        student, teacher = model(layers_s, 12, scale_s), model(layers_t, 48, scale_t)
+        student["loss"]["rl@1"] = unit
+        return {"models": {"student:s": student, "teacher": teacher}, "device": "cpu"}
+
+    # student: 2 layers cost 3, 4 layers cost 5 (1 + 1 per layer) -> 12 layers: 13
+    # teacher: 2 layers cost 10, 4 layers cost 14 (6 + 2 per layer) -> 48 layers: 102
+    whole = extrapolate_layers(cal(2, 2, 3.0, 10.0), cal(4, 4, 5.0, 14.0))
+    s, t = whole["models"]["student:s"], whole["models"]["teacher"]
+    assert s["optimizer_s"] == pytest.approx(13.0) and s["decode"]["4"]["coef"] == pytest.approx([13.0, 13.0])
+    assert t["load_s"] == pytest.approx(102.0)
+    # the rl unit: the objective's own 1 s as timed + the student's part + the teacher's part
+    assert s["loss"]["rl@1"]["coef"] == pytest.approx([1.0 + 13.0 + 102.0, 0.0, 0.0])
+    assert whole["extrapolated"] and s["layers"] == 12
+
+
+def test_cut_layers_keeps_at_most_the_layers_asked_for_each_stack():
+    from transformers import Qwen2Config, T5Config
+
+    from ketchup.calibration import cut_layers
+
+    cut, (timed, real) = cut_layers(T5Config(num_layers=24, num_decoder_layers=24), 2)
+    assert (cut.num_layers, cut.num_decoder_layers, timed, real) == (2, 2, 4, 48)
+    cut, (timed, real) = cut_layers(Qwen2Config(num_hidden_layers=40), 3)
+    assert (cut.num_hidden_layers, len(cut.layer_types), timed, real) == (3, 3, 3, 40)
+    same, (timed, real) = cut_layers(T5Config(num_layers=6, num_decoder_layers=6), None)
+    assert same.num_layers == 6 and timed == real == 12

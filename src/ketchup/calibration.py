@@ -42,7 +42,9 @@ def _read_config(arch: str, spec: dict[str, Any], where: str, vocab: int, shapes
                                     **({"decoder_start_token_id": PAD} if arch == "seq2seq" else {}), **spec["config"])
     name = spec["name_or_path"]
     if name in shapes:
-        fields = dict(shapes[name])
+        fields = {"pad_token_id": PAD, "eos_token_id": EOS, **shapes[name]}
+        if arch == "seq2seq":
+            fields.setdefault("decoder_start_token_id", PAD)
         return AutoConfig.for_model(fields.pop("model_type"), **fields)
     try:
         return AutoConfig.from_pretrained(os.path.expanduser(name), **({"gguf_file": spec["gguf_file"]}
@@ -128,6 +130,66 @@ def _startup(code: str) -> tuple[float, float]:
     return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+def _loss_parts(model, teacher, arch, rows, points, vocab, device, repeats) -> tuple[list[float], list[float]]:
+    """Fits of the student's forward + backward alone and of the teacher's forward alone at the
+    points a loss unit was timed: what extrapolate_layers scales by each model's layers."""
+    from ketchup.batching import target_logits
+
+    sup, fwd = [], []
+    objective = Objective("sft", arch, None)
+    for s, t in points:
+        b = _batch(arch, rows, s, t, vocab, device)
+
+        def student_step():
+            per_token, _, _ = objective.loss(model, {"data": b})
+            per_token.sum().backward()
+
+        sup.append(_timed(student_step, repeats))
+        with torch.no_grad():
+            fwd.append(_timed(lambda: target_logits(teacher, arch, b), repeats))
+    return _fit(points, sup), _fit(points, fwd)
+
+
+def extrapolate_layers(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """A calibration of the whole models from two made with fewer layers (``--max-layers``): every
+    unit is linear in the layers, ``x(L) = x_high + (L - l_high) / (l_high - l_low) (x_high - x_low)``
+    per model, the embeddings and the head being the part that does not grow. A loss unit that runs
+    the teacher too is split into the student's part, the teacher's part (each extrapolated by its
+    own model's layers) and the rest (the objective), kept as timed."""
+    import copy
+
+    out = copy.deepcopy(high)
+    out["extrapolated"] = True
+    out["extrapolated_from_layers"] = {k: [low["models"][k]["layers"], m["layers"]] for k, m in high["models"].items()}
+
+    def slope(key: str) -> float:
+        lo, hi = low["models"][key]["layers"], high["models"][key]["layers"]
+        return 0.0 if hi == lo else (high["models"][key]["real_layers"] - hi) / (hi - lo)
+
+    def ext(a: list[float] | float, b: list[float] | float, k: float):
+        if isinstance(b, list):
+            return [max(y + k * (y - x), 0.0) for x, y in zip(a, b)]
+        return max(b + k * (b - a), 0.0)
+
+    for key, m in out["models"].items():
+        lo, k = low["models"][key], slope(key)
+        for name in ("optimizer_s", "save_s", "load_s", "state_s", "peak_mib", "params"):
+            m[name] = ext(lo[name], m[name], k)
+        for batch, fit in m["decode"].items():
+            fit["coef"] = ext(lo["decode"][batch]["coef"], fit["coef"], k)
+        for unit, fit in m["loss"].items():
+            lf = lo["loss"][unit]
+            if "student_coef" not in fit:
+                fit["coef"] = ext(lf["coef"], fit["coef"], k)
+                continue
+            rest = [c - a - b for c, a, b in zip(fit["coef"], fit["student_coef"], fit["teacher_coef"])]
+            student = ext(lf["student_coef"], fit["student_coef"], k)
+            teacher = ext(lf["teacher_coef"], fit["teacher_coef"], slope("teacher"))
+            fit["coef"] = [max(r + a + b, 0.0) for r, a, b in zip(rest, student, teacher)]
+        m["layers"] = m["real_layers"]
+    return out
+
+
 def _save_load_seconds(model, optimizer, arch: str, repeats: int) -> dict[str, float]:
     """What a training job pays around its steps: writing the model (a dev-best checkpoint, the
     output), writing model + optimiser state (a resumable checkpoint), loading a saved model."""
@@ -142,26 +204,52 @@ def _save_load_seconds(model, optimizer, arch: str, repeats: int) -> dict[str, f
     return {"save_s": save_s, "load_s": load_s, "state_s": state_s}
 
 
+LAYER_KEYS = ("num_layers", "num_decoder_layers", "num_hidden_layers")
+
+
+def cut_layers(cfg, max_layers: int | None):
+    """A copy of ``cfg`` with at most ``max_layers`` layers in each stack, and (layers timed, layers
+    of the model), all stacks together."""
+    d = cfg.to_dict()
+    stacks = [k for k in LAYER_KEYS if isinstance(d.get(k), int)]
+    if "num_layers" in stacks and "num_hidden_layers" in stacks:
+        stacks.remove("num_hidden_layers")  # an alias of num_layers in some configs
+    real = sum(d[k] for k in stacks)
+    if not max_layers:
+        return cfg, (real, real)
+    for k in stacks:
+        d[k] = min(d[k], max_layers)
+    if isinstance(d.get("layer_types"), list):
+        d["layer_types"] = d["layer_types"][: d.get("num_hidden_layers", max_layers)]
+    return type(cfg).from_dict(d), (sum(d[k] for k in stacks), real)
+
+
 def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any] | None = None,
-              max_batch: int | None = None, max_length: int | None = None, log=print) -> dict[str, Any]:
-    """Time every unit ``costmodel.units_needed`` lists for ``config``. ``max_batch`` / ``max_length``
-    time smaller shapes than the config's (a CPU calibration of paper-size models), and the cost
-    model scales loss and decode by rows; the result says so (``extrapolated``)."""
-    configs = model_configs(config, shapes)  # fails here, before any timing, when one cannot be read
+              max_batch: int | None = None, max_length: int | None = None, max_layers: int | None = None,
+              log=print) -> dict[str, Any]:
+    """Time every unit ``costmodel.units_needed`` lists for ``config``. ``max_batch``, ``max_length``
+    and ``max_layers`` time smaller shapes than the config's (a CPU calibration of paper-size
+    models): the cost model scales loss and decode by rows, the fits carry lengths beyond those
+    timed, and per-layer costs are scaled by layers (the whole model's, head and embeddings
+    included: an overestimate); the result says so (``extrapolated``)."""
+    read = model_configs(config, shapes)  # fails here, before any timing, when one cannot be read
+    configs, layers = {}, {}
+    for key, cfg in read.items():
+        configs[key], layers[key] = cut_layers(cfg, max_layers)
     arch = config["architecture"]
     need = costmodel.units_needed(config)
     device = compute_device()
     light_s, light_mib = _startup("import ketchup.tables, ketchup.scoring")
     model_s, model_mib = _startup("import ketchup.stages, ketchup.models, ketchup.methods, ketchup.training")
-    warm_s, _ = _startup("import ketchup.worker")
+    warm_s, _ = _startup("import ketchup.worker")  # a job's client under a local run's warm worker
     start = time.perf_counter()
     from accelerate import Accelerator
 
     Accelerator(cpu=device.type != "cuda")
-    accelerator_s = time.perf_counter() - start  # a job's client under a local run's warm worker
+    accelerator_s = time.perf_counter() - start
     cal: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "repeats": repeats, "extrapolated": bool(max_batch or max_length),
+        "torch": torch.__version__, "repeats": repeats, "extrapolated": bool(max_batch or max_length or max_layers),
         "startup_s": {"light": light_s, "model": model_s, "warm": warm_s}, "accelerator_s": accelerator_s, "baseline_mib": {"light": light_mib, "model": model_mib},
         "models": {},
     }
@@ -208,6 +296,9 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
                     ys.append(_timed(step, repeats))
                     points.append([s, t])
             entry["loss"][unit_batch] = {"batch": rows, "coef": _fit(points, ys), "points": points, "seconds": ys}
+            if max_layers and unit != "supervised":  # its parts, for extrapolate_layers
+                entry["loss"][unit_batch].update(zip(("student_coef", "teacher_coef"), _loss_parts(
+                    model, teacher, arch, rows, points, vocab, device, repeats)))
         if optimizer is not None:
             if all(p.grad is None for p in model.parameters()):  # a model timed for decoding only
                 for p in model.parameters():
@@ -230,6 +321,7 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
             entry["decode"][str(batch)] = {"batch": rows, "coef": _fit([[x] for x in lengths], ys),
                                            "lengths": lengths, "seconds": ys}
         entry.update(_save_load_seconds(model, optimizer, arch, repeats))
+        entry["layers"], entry["real_layers"] = layers[key]
         if device.type == "cuda":
             entry["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         else:  # the process's growth while this model was timed, at least its weights (+ gradients, AdamW)

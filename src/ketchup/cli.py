@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML: model configs by name_or_path, for models whose config cannot be read here")
     p.add_argument("--max-batch", type=int, default=None, help="time at most this many rows (scaled up after)")
     p.add_argument("--max-length", type=int, default=None, help="time at most this many tokens (fitted, extrapolated)")
+    p.add_argument("--max-layers", type=int, default=None,
+                   help="time at most this many layers per stack (per-layer costs scaled up after)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_plan_calibrate)
 
@@ -210,7 +212,7 @@ def _plan_calibrate(args: argparse.Namespace) -> None:
     from ketchup.io import write_json
 
     write_json(args.out, calibrate(args.config, repeats=args.repeats, shapes=shapes, max_batch=args.max_batch,
-                                   max_length=args.max_length))
+                                   max_length=args.max_length, max_layers=args.max_layers))
 
 
 def _plan(args: argparse.Namespace) -> None:
