@@ -243,6 +243,8 @@ def job_counts(job: Job, config: dict[str, Any], cal: dict[str, Any], lengths: d
     c = fn(w, config, cal, lengths) if fn else Counts()
     heavy = job.rule in MODEL_RULES
     c.add("other_s", cal["startup_s"]["warm" if startup == "warm" else "model" if heavy else "light"])
+    if startup == "warm" and job.rule == "data":  # the first jobs wait while the warm worker imports the model stack
+        c.add("other_s", cal["startup_s"]["model"])
     c.seconds_max += c.total
     c.peak_mib = peak_mib(job, config, cal)
     return c
