@@ -250,7 +250,8 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
     cal: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "repeats": repeats, "extrapolated": bool(max_batch or max_length or max_layers),
-        "startup_s": {"light": light_s, "model": model_s, "warm": warm_s}, "accelerator_s": accelerator_s, "baseline_mib": {"light": light_mib, "model": model_mib},
+        "startup_s": {"light": light_s, "model": model_s, "warm": warm_s}, "accelerator_s": accelerator_s,
+        "baseline_mib": {"light": light_mib, "model": model_mib},
         "models": {},
     }
     settings = optim_settings(config)
@@ -328,6 +329,6 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
             state = entry["params"] * 4 * (4 if optimizer is not None else 1) / 2**20
             entry["peak_mib"] = max(_rss_mib() - rss_before, state)
         cal["models"][key] = entry
-        del model, optimizer
+        model = optimizer = None  # freed before the next model is built
     return cal
 

@@ -228,7 +228,8 @@ def _plan(args: argparse.Namespace) -> None:
     jobs = dagjobs.parse_dry_run(dagjobs.dry_run(args.snakefile, ".", args.configfile, settings["target"]))
     lengths = {}
     for task, (source, gguf) in args.tokenizers.items():
-        tok = prepare_tokenizer(load_tokenizer(source, gguf), config["architecture"], config.get("prompt_format", "chat"))
+        tok = prepare_tokenizer(load_tokenizer(source, gguf), config["architecture"],
+                                config.get("prompt_format", "chat"))
         lengths[task] = plan.data_lengths(config, task, args.data[task], tok)
     rows = plan.plan_rows(config, cal, jobs, lengths, settings["margin"], args.startup)
     plan.write_csv(rows, args.out_csv)

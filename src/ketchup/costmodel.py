@@ -357,7 +357,8 @@ def peak_mib(job: Job, config: dict[str, Any], cal: dict[str, Any]) -> float:
     model libraries) plus the measured peak of the job's largest unit, or the light baseline."""
     if job.rule not in MODEL_RULES:
         return cal["baseline_mib"]["light"]
-    models = ["teacher"] if job.rule in ("teacher", "teacher_outputs") else [student_model_key(job.wildcards["student"])]
+    teacher_only = job.rule in ("teacher", "teacher_outputs")
+    models = ["teacher"] if teacher_only else [student_model_key(job.wildcards["student"])]
     if job.rule in ("student", "grad_variance"):
         models.append("teacher")
     extra = sum(cal["models"][m]["peak_mib"] for m in models if m in cal["models"])

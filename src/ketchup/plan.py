@@ -31,7 +31,8 @@ CONTROLS = {
                "checkpoint_every",
 }
 LABELS = {"train_s": "training", "dev_eval_s": "dev evaluation", "rollout_s": "rollouts (RL, js/tvd samples)",
-          "generation_s": "other generation (test predictions, teacher outputs)", "other_s": "startup, model loading and saving, CPU jobs"}
+          "generation_s": "other generation (test predictions, teacher outputs)",
+          "other_s": "startup, model loading and saving, CPU jobs"}
 
 
 def data_lengths(config: dict[str, Any], task: str, data_dir: str | Path, tokenizer) -> TaskLengths:
