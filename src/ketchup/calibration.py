@@ -24,8 +24,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, SuppressTokensLogitsProcessor
 
 from ketchup import costmodel
-from ketchup.batching import Batch, generate
-from ketchup.config import ConfigError, optim_settings, tokenizer_settings
+from ketchup.batching import Batch, Decoding, generate
+from ketchup.config import GENERATION_DEFAULTS, ConfigError, optim_settings, tokenizer_settings
 from ketchup.methods import Objective
 from ketchup.models import CONFIG_CLASSES
 from ketchup.runtime import compute_device, teacher_dtype
@@ -237,6 +237,7 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
     for key, cfg in read.items():
         configs[key], layers[key] = cut_layers(cfg, max_layers)
     arch = config["architecture"]
+    decoding = Decoding.of({**GENERATION_DEFAULTS, **config.get("generation", {})})
     need = costmodel.units_needed(config)
     device = compute_device()
     light_s, light_mib = _startup("import ketchup.tables, ketchup.scoring")
@@ -316,9 +317,9 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
                               cap(units["max_new"])})
             ys = []
             for length in lengths:
-                # The decode every job makes (ketchup.batching.generate). generation.cache / .compile,
-                # when the config has them, are to be passed here.
-                ys.append(_timed(lambda: generate(model, arch, b, tok, length, logits_processor=suppress), repeats))
+                # The decode every job makes (ketchup.batching.generate), with the config's cache and compilation.
+                ys.append(_timed(lambda: generate(model, arch, b, tok, length, logits_processor=suppress,
+                                                  decoding=decoding), repeats))
             entry["decode"][str(batch)] = {"batch": rows, "coef": _fit([[x] for x in lengths], ys),
                                            "lengths": lengths, "seconds": ys}
         entry.update(_save_load_seconds(model, optimizer, arch, repeats))
