@@ -22,6 +22,7 @@ include: "workflow/rules/analysis_common.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/judge.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:

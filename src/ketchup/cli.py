@@ -65,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="+")
     p.set_defaults(func=_table)
 
+    p = sub.add_parser("plan-calibrate", help="time the units the config's jobs are made of, on this machine")
+    p.add_argument("--config", type=json_spec, required=True, help="the whole validated config (JSON or @file)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shapes", default=None,
+                   help="YAML: model configs by name_or_path, for models whose config cannot be read here")
+    p.add_argument("--max-batch", type=int, default=None, help="time at most this many rows (scaled up after)")
+    p.add_argument("--max-length", type=int, default=None, help="time at most this many tokens (fitted, extrapolated)")
+    p.add_argument("--max-layers", type=int, default=None,
+                   help="time at most this many layers per stack (per-layer costs scaled up after)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_plan_calibrate)
+
+    p = sub.add_parser("plan", help="the cost plan: one row per job of the DAG, and its summary")
+    p.add_argument("--config", type=json_spec, required=True, help="the whole validated config (JSON or @file)")
+    required(p, "calibration", "snakefile", "out-csv", "out-md")
+    p.add_argument("--configfile", nargs="*", default=[], help="the config files of the run planned")
+    p.add_argument("--data", type=json_spec, required=True, help='{"task": data folder}')
+    p.add_argument("--tokenizers", type=json_spec, required=True, help='{"task": [tokenizer folder or name, gguf]}')
+    p.add_argument("--startup", choices=["cold", "warm"], default="cold",
+                   help="jobs start as fresh interpreters (cold) or forks of a local run's warm worker")
+    p.set_defaults(func=_plan)
+
     # LLM judge (ketchup.judge); the settings are the config's judge block, the key comes from the
     # environment variable it names and is never an argument.
     p = sub.add_parser("judge-score", help="LLM-judge 1-10 scores of a sample of one run's predictions")
@@ -176,6 +198,43 @@ def _table(args: argparse.Namespace) -> None:
         check = tables.teacher_vs_untrained(table)
         print(check.to_string(index=False))
         tables.write_csv(check, args.teacher_check)
+
+
+def _plan_calibrate(args: argparse.Namespace) -> None:
+    import yaml
+
+    from ketchup.config import validate
+
+    validate(args.config)
+    shapes = yaml.safe_load(open(args.shapes)) if args.shapes else None
+    import_quietly(*MODEL_MODULES)
+    from ketchup.calibration import calibrate
+    from ketchup.io import write_json
+
+    write_json(args.out, calibrate(args.config, repeats=args.repeats, shapes=shapes, max_batch=args.max_batch,
+                                   max_length=args.max_length, max_layers=args.max_layers))
+
+
+def _plan(args: argparse.Namespace) -> None:
+    import json
+
+    from ketchup import dagjobs, plan
+    from ketchup.config import plan_settings
+    from ketchup.models import load_tokenizer, prepare_tokenizer
+
+    config = args.config
+    settings = plan_settings(config)
+    cal = json.loads(open(args.calibration).read())
+    jobs = dagjobs.parse_dry_run(dagjobs.dry_run(args.snakefile, ".", args.configfile, settings["target"]))
+    lengths = {}
+    for task, (source, gguf) in args.tokenizers.items():
+        tok = prepare_tokenizer(load_tokenizer(source, gguf), config["architecture"],
+                                config.get("prompt_format", "chat"))
+        lengths[task] = plan.data_lengths(config, task, args.data[task], tok)
+    rows = plan.plan_rows(config, cal, jobs, lengths, settings["margin"], args.startup)
+    plan.write_csv(rows, args.out_csv)
+    with open(args.out_md, "w") as handle:
+        handle.write(plan.summary(rows, config, cal, lengths, settings["target"], settings["margin"], args.startup))
 
 
 def _quiet_http_logs() -> None:

@@ -235,6 +235,11 @@ def pretrain_optim(pretrain: dict[str, Any]) -> dict[str, Any]:
             **{k: pretrain[k] for k in ("lr", "batch_size", "warmup_steps", "eval_every", "checkpoint_every")}}
 
 
+def plan_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The cost plan's settings (defaults < plan)."""
+    return {**schema_defaults("properties", "plan"), **config.get("plan", {})}
+
+
 PPO_KEYS = ("ppo_epochs", "ppo_minibatches", "ppo_clip")
 
 

@@ -125,6 +125,11 @@ def figure(name: str, ext: str) -> str:
     return f"{RESULTS}/figures/{name}.{ext}"
 
 
+def plan(name: str) -> str:
+    """The cost plan's files (workflow/rules/plan.smk): calibration.json, cost.csv, summary.md."""
+    return f"{RESULTS}/plan/{name}"
+
+
 def worker_log() -> str:
     """The log of a local run's warm worker (ketchup.worker)."""
     return f"{RESULTS}/logs/worker.log"
