@@ -101,6 +101,13 @@ def test_an_rl_job_decodes_its_rollouts_micro_batch_by_micro_batch():
     assert c.seconds["rollout_s"] == pytest.approx(8 * (0.5 + 0.25 * 6))  # 8 decodes of one row, 6 tokens
     assert c.seconds["train_s"] == pytest.approx(8 * 1.0 + 2 * 2.0)
     assert c.seconds["other_s"] == pytest.approx(0.2)  # a fork of the warm worker
+    # PPO: the same rollouts; per micro-batch one preparing pass and 2 passes, 2 x 2 updates per step
+    config["method_overrides"]["ketchup-ppo"] = config["method_overrides"]["ketchup"]
+    config["rl"] = {**config.get("rl", {}), "ppo_epochs": 2, "ppo_minibatches": 2}
+    ppo = costmodel.job_counts(Job("student", {**job.wildcards, "method": "ketchup-ppo"}, "x", "y"), config, _cal(),
+                               lengths, startup="warm")
+    assert ppo.rollouts == c.rollouts and ppo.seconds["rollout_s"] == pytest.approx(c.seconds["rollout_s"])
+    assert ppo.seconds["train_s"] == pytest.approx(8 * 3 * 1.0 + 2 * 4 * 2.0)
 
 
 # --- the DAG's jobs ----------------------------------------------------------------------------

@@ -195,9 +195,16 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
     s_hat, t_hat = pad(train.source, bs, max_source), pad(train.target, bs, max_target)
     unit = LOSS_UNIT[family]
     micro = c.steps * accum
+    passes, updates = 1, 1
     if family == "rl":
+        if settings.get("ppo"):
+            # ketchup.methods.Objective.updates: a forward of the teacher and the student per micro-batch
+            # to prepare (counted as one loss unit, an upper bound), then rl.ppo_epochs passes over its
+            # rows (a pass in rl.ppo_minibatches parts costs about one pass at the full micro-batch), and
+            # ppo_epochs x ppo_minibatches optimizer updates per step.
+            epochs, parts = settings["ppo"]
+            passes, updates = epochs + 1, epochs * parts
         # The rollouts replace the targets: as long as the data's targets, up to max_target_length.
-        # TODO(ppo): a family that makes several updates per rollout batch divides the rollouts here.
         roll_len = expected_max(train.target, bs, rollout_target)
         c.rollouts = micro * bs
         c.add("rollout_s", micro * decode_seconds(cal, model, bs, roll_len))
@@ -211,7 +218,8 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
         c.add("rollout_s", micro * decode_seconds(cal, model, rows, roll_len))
         c.seconds_max += micro * (decode_seconds(cal, model, rows, rollout_target)
                                   - decode_seconds(cal, model, rows, roll_len))
-    c.add("train_s", micro * loss_seconds(cal, model, unit, bs, s_hat, t_hat) + c.steps * optimizer_seconds(cal, model))
+    c.add("train_s", micro * passes * loss_seconds(cal, model, unit, bs, s_hat, t_hat)
+          + c.steps * updates * optimizer_seconds(cal, model))
     c.dev_evals = dev_evaluations(c.steps, settings["eval_every"])
     _add_checkpoints(c, cal, model, settings["checkpoint_every"])
     _add_decode(c, "dev_eval_s", cal, model, dev, settings["dev_eval_examples"], gen["batch_size"],
@@ -267,6 +275,9 @@ def _student(w, config, cal, lengths) -> Counts:
         c.add("other_s", _unit(cal, model, "save_s"))
     else:
         settings = {**kconfig.optim_settings(config, method), "two_source": m.family == "divergence" and method != "kl"}
+        if m.ppo:
+            rl = kconfig.rl_settings(config, method)
+            settings["ppo"] = (rl["ppo_epochs"], rl["ppo_minibatches"])
         c = training_counts(cal, model, m.family, settings, splits["train"], splits["dev"], gen, src, tgt, tgt)
     # Loads: the start (init or pretrained model), the teacher where the method runs it, the saved
     # model that writes the test predictions.
