@@ -345,7 +345,7 @@ def test_defaults_come_from_the_schema_and_keep_the_reference_values():
                                       "max_grad_norm": 1.0, "eval_every": 100, "dev_eval_examples": 100, "checkpoint_every": 50,
                                       "mixed_precision": "no", "gradient_checkpointing": False,
                                       "group_by_length": False}
-    assert kconfig.GENERATION_DEFAULTS == {"batch_size": 32, "num_beams": 1}
+    assert kconfig.GENERATION_DEFAULTS == {"batch_size": 32, "num_beams": 1, "cache": "auto", "compile": "auto"}
     assert kconfig.LENGTH_DEFAULTS == {"max_source_length": 512, "max_target_length": 128}
     assert kconfig.PRETRAIN_DEFAULTS == {"steps": 1000, "lr": 1e-3, "batch_size": 32, "warmup_steps": 100,
                                          "noise_density": 0.15, "mean_span_length": 3.0,  # T5's

@@ -1,6 +1,7 @@
 # Configuration checks (before any job starts) and the specs each stage receives as JSON.
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -295,3 +296,15 @@ def judge_table_inputs(wildcards):
             seed=SEEDS,
         ),
     }
+
+
+# The cost plan (plan.smk)
+PLAN = kconfig.plan_settings(config)
+
+
+def plan_tokenizers():
+    """Per task: the tokenizer the jobs use (the trained one, or the pretrained name) and its GGUF file."""
+    if config["tokenizer"]["kind"] == "train":
+        return {task: [paths.tokenizer(task), None] for task in TASKS}
+    source = config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
+    return {task: [source, tokenizer_gguf_file()] for task in TASKS}

@@ -4,19 +4,6 @@
 # run and predicts each job's seconds and peak memory from the config and the prepared data. The
 # profiles then ask for each planned job's prediction times plan.margin (ketchup.planned).
 
-import os
-
-PLAN = kconfig.plan_settings(config)
-
-
-def plan_tokenizers():
-    """Per task: the tokenizer the jobs use (the trained one, or the pretrained name) and its GGUF file."""
-    if config["tokenizer"]["kind"] == "train":
-        return {task: [paths.tokenizer(task), None] for task in TASKS}
-    source = config["tokenizer"].get("name_or_path", config["teacher"]["model"].get("name_or_path"))
-    return {task: [source, tokenizer_gguf_file()] for task in TASKS}
-
-
 rule plan_calibrate:
     output:
         paths.plan("calibration.json"),
