@@ -387,9 +387,9 @@ def _job_counts(out: str) -> dict[str, int]:
 def test_default_all_includes_every_analysis(tmp_path):
     proc = snakemake(tmp_path, None, "-n", "all")
     counts = _job_counts(proc.stdout + proc.stderr)
-    # 72 main-table students + the K sweep's extra runs: K in {1, 2, 4, 8}, K = 1 reuses llmr and the
+    # 60 main-table students + the K sweep's extra runs: K in {1, 2, 4, 8}, K = 1 reuses llmr and the
     # task's K (2 / 4 / 8) reuses ketchup, so two extra K per task: 3 tasks x 2 K x 2 sizes = 12
-    assert counts["student"] == 84 and counts["score_student"] == 84
+    assert counts["student"] == 72 and counts["score_student"] == 72
     assert counts["grad_variance"] == 6  # 3 tasks x 2 sizes x 1 seed
     for rule in ("k_sweep_table", "k_sweep_figure", "grad_variance_table", "grad_variance_figure", "length_by_k",
                  "significance", "main_table_paper_layout", "paper_comparison", "student_size_table",
