@@ -31,7 +31,7 @@ TARGET = "results/tables/main.csv"
 
 # Rules that load models onto a GPU; every other rule (data, tokenizer, scores, tables, figures,
 # LLM-judge calls) runs on CPUs.
-GPU_RULES = {"teacher", "pretrain", "student", "teacher_outputs", "grad_variance"}
+GPU_RULES = {"teacher", "pretrain", "student", "teacher_outputs", "grad_variance", "plan_calibrate"}
 CPU_RULES = {"data", "tokenizer", "score_student", "score_teacher", "main_table"}
 
 
@@ -94,7 +94,7 @@ def test_paper_config_settings(name):
     assert config["tokenizer"]["kind"] == "pretrained"
     assert config["analysis"]["k_sweep"] == [1, 2, 4, 8, 16]
     # The reference's RL settings (scripts/reinforce_xsum.sh, reinforce.py, Mymodel.py Net.reinforce).
-    assert kconfig.rl_settings(config) == {
+    assert kconfig.rl_settings(config, "ketchup") == {
         "rollout": "greedy", "rollout_dropout": True, "baseline_scope": "sequence", "value": "max", "clip": 50.0,
         "denom": 1.0, "token_weight": "prob", "entropy_coef": 0.0, "normalize": "sequence"}
     # The reference's KD settings (scripts/distill_xsum.sh: 8 x 32 x 2 GPUs, fp32, no clipping).
@@ -218,7 +218,7 @@ def test_slurm_profile_gives_gpus_to_training_and_generation_only(name, tmp_path
             assert res["slurm_partition"] == "EDIT-cpu-partition" and res["cpus_per_task"] == "1", (rule, res)
             assert "--gpus" not in sbatch and "--gres" not in sbatch, sbatch
             assert "--cpus-per-task=1" in sbatch, sbatch
-    assert GPU_RULES - {"pretrain"} <= seen and {"data", "score_student", "score_teacher", "main_table"} <= seen
+    assert GPU_RULES - {"pretrain", "plan_calibrate"} <= seen and {"data", "score_student", "score_teacher", "main_table"} <= seen
     if name == "test.yaml":  # models built from config: a trained tokenizer, a pretrained student
         assert {"tokenizer", "pretrain"} <= seen
 
