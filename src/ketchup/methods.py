@@ -141,17 +141,12 @@ class Objective:
         has any, so pi_old comes from one dropout mask), log pi_old of the tokens and the advantages
         exactly as the method without PPO takes them (``objectives.policy_advantages``)."""
         rl = self.rl
-        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
-        returns = objectives.kstep_returns(q, v, b.target_mask, self.k)
+        returns, rollout_stats = self._teacher_returns(b)
         advantages, old_logp, stats = objectives.policy_advantages(
             target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
             token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
             baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"])
-        n = float(b.target_mask.sum())
-        rewards = objectives.one_step_rewards(q, v, b.target_mask)
-        stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
-                     rollout_length=float(b.target_mask.sum(1).mean()))
-        return Prepared(b, old_logp, advantages), stats
+        return Prepared(b, old_logp, advantages), {**stats, **rollout_stats}
 
     def rollout(self, student, batch: Batch) -> dict[str, Batch]:
         """The batches the loss is taken on, decoded without gradient where the method samples."""
@@ -223,22 +218,26 @@ class Objective:
         pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
         return torch.cat([pad(p) for p in parts]), torch.cat([pad(m) for m in masks]), stats
 
+    @torch.no_grad()
+    def _teacher_returns(self, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The K-step returns G_t of the rollouts ``b`` from the teacher's logits, and the rollouts'
+        mean one-step reward and length (logged)."""
+        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=self.rl["value"])
+        rewards = objectives.one_step_rewards(q, v, b.target_mask)
+        stats = {"mean_reward": float(rewards.sum()) / max(float(b.target_mask.sum()), 1.0),
+                 "rollout_length": float(b.target_mask.sum(1).mean())}
+        return objectives.kstep_returns(q, v, b.target_mask, self.k), stats
+
     def _policy_gradient(self, student, b: Batch):
         rl = self.rl
-        q, v = objectives.induced_values(self._teacher_logits(b), b.target_ids, b.target_mask, value=rl["value"])
-        returns = objectives.kstep_returns(q, v, b.target_mask, self.k)
+        returns, rollout_stats = self._teacher_returns(b)
         per_token, stats = objectives.policy_gradient_loss(
             target_logits(student, self.arch, b), b.target_ids, returns, b.target_mask,
             token_weight=rl["token_weight"], denom=rl["denom"], clip=rl["clip"],
             baseline=registry.get(self.method).baseline, baseline_scope=rl["baseline_scope"],
             entropy_coef=rl["entropy_coef"])
         row_scale, _ = objectives.normalization(b.target_mask, self.normalize)
-        per_token = per_token * row_scale
-        n = float(b.target_mask.sum())
-        rewards = objectives.one_step_rewards(q, v, b.target_mask)
-        stats.update(mean_reward=float(rewards.sum()) / max(n, 1.0),
-                     rollout_length=float(b.target_mask.sum(1).mean()))
-        return per_token, b.target_mask, stats
+        return per_token * row_scale, b.target_mask, {**stats, **rollout_stats}
 
     def _ppo(self, student, p: Prepared):
         b = p.batch

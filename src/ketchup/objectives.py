@@ -432,6 +432,17 @@ def _advantages(logp: torch.Tensor, logp_all: torch.Tensor, token_ids: torch.Ten
     return adv
 
 
+def _advantage_stats(g: torch.Tensor, adv: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
+    """Returns, advantages (population std) and entropy over the real tokens; 0.0 when there is none."""
+    count = adv.numel()
+    return {
+        "mean_return": float(g.mean()) if count else 0.0,
+        "mean_advantage": float(adv.mean()) if count else 0.0,
+        "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
+        "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
+    }
+
+
 def policy_gradient_loss(
     student_logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -480,14 +491,7 @@ def policy_gradient_loss(
     if entropy_grad:
         values = values - entropy_coef * entropy
 
-    count = adv.numel()
-    stats = {
-        "mean_return": float(g.mean()) if count else 0.0,
-        "mean_advantage": float(adv.mean()) if count else 0.0,
-        "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
-        "mean_entropy": float(entropy.detach().mean()) if count else 0.0,
-    }
-    return _scatter(values, m), stats
+    return _scatter(values, m), _advantage_stats(g, adv, entropy)
 
 
 def policy_advantages(
@@ -522,14 +526,7 @@ def policy_advantages(
         adv = _advantages(logp, logp_all, tokens[m], g, m, token_weight=token_weight, denom=denom, clip=clip,
                           baseline=baseline, baseline_scope=baseline_scope)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-    count = adv.numel()
-    stats = {
-        "mean_return": float(g.mean()) if count else 0.0,
-        "mean_advantage": float(adv.mean()) if count else 0.0,
-        "advantage_std": float(adv.std(unbiased=False)) if count else 0.0,
-        "mean_entropy": float(entropy.mean()) if count else 0.0,
-    }
-    return _scatter(adv, m), _scatter(logp, m), stats
+    return _scatter(adv, m), _scatter(logp, m), _advantage_stats(g, adv, entropy)
 
 
 def ppo_clip_loss(
