@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ketchup import config as kconfig, paths, registry  # noqa: E402
+from sweeps import sibling, snakemake  # noqa: E402
 
 SETTING = re.compile(r"(\d+)x(\d+)@([0-9.eE-]+)")
 
@@ -78,12 +76,6 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def snakemake(work: Path, config_path: Path, targets: list[str], cores: int) -> None:
-    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(cores),
-                    f"--configfile={config_path}", "--rerun-triggers=params", *targets],
-                   cwd=work, check=True, stdout=subprocess.DEVNULL)
-
-
 def model_targets(tasks, students, methods, seeds) -> list[str]:
     return [paths.student_model(t, s, m, seed) for t in tasks for s in students for m in methods for seed in seeds]
 
@@ -115,12 +107,7 @@ def main() -> None:
     for setting in args.settings:
         name = f"{setting['ppo_epochs']}x{setting['ppo_minibatches']}@{setting['ppo_clip']:g}"
         cfg = {**config, "rl": {**config.get("rl", {}), **setting}}
-        work = base.parent / f"{base.name}-ppo{name.replace('@', '-clip')}"
-        if not (work / "results").exists():
-            # hard links: the upstream outputs are shared, not copied (a rerun job replaces its own)
-            shutil.copytree(base / "results", work / "results", copy_function=os.link,
-                            ignore=shutil.ignore_patterns("checkpoints", "*.tmp"))
-            shutil.copytree(base / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+        work = sibling(base, f"ppo{name.replace('@', '-clip')}")
         (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         print(f"setting {name}: training {', '.join(args.methods)} in {work}", file=sys.stderr, flush=True)
         snakemake(work, work / "config.yaml", model_targets(tasks, students, args.methods, seeds), args.cores)

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ketchup import registry  # noqa: E402
+from sweeps import sibling, snakemake  # noqa: E402
 
 
 def dev_scores(workdir: Path, config: dict, lr) -> list[dict]:
@@ -72,19 +70,12 @@ def main() -> None:
         if cfg == config:
             rows += dev_scores(base, config, lr)  # the base run itself
             continue
-        work = base.parent / f"{base.name}-{args.rl_key or 'lr'}-{lr}"
-        if not (work / "results").exists():
-            # hard links: the upstream outputs are shared, not copied (a rerun job replaces its own)
-            shutil.copytree(base / "results", work / "results", copy_function=os.link,
-                            ignore=shutil.ignore_patterns("checkpoints", "*.tmp"))
-            shutil.copytree(base / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+        work = sibling(base, f"{args.rl_key or 'lr'}-{lr}")
         (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         targets = [f"results/metrics/{t}/{s}/{m}/seed{seed}.json" for t in cfg["tasks"] for s in cfg["students"]
                    for m in rl for seed in cfg["seeds"]]
         print(f"{args.rl_key or 'lr'} {lr}: training {len(targets)} RL students in {work}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(args.cores),
-                        f"--configfile={work / 'config.yaml'}", "--rerun-triggers=params", *targets],
-                       cwd=work, check=True, stdout=subprocess.DEVNULL)
+        snakemake(work, work / "config.yaml", targets, args.cores)
         rows += dev_scores(work, cfg, lr)
     table = pd.DataFrame(rows)
     table["rank"] = table.groupby(["task", "student", "method", "seed"])["dev_best"].rank(ascending=False)

@@ -234,7 +234,7 @@ def _graphs() -> int:
 @torch.no_grad()
 def generate(model, arch: str, batch: Batch, tokenizer, max_new_tokens: int, sample: bool = False,
              num_beams: int = 1, dropout: bool = False, logits_processor=None,
-             decoding: Decoding = Decoding("dynamic", False)) -> Batch:
+             decoding: Decoding = Decoding()) -> Batch:
     """Decode continuations of ``batch`` (greedy, beam, or ancestral sampling from the full softmax).
 
     In eval mode, unless ``dropout``: then in train mode, so dropout perturbs the decode (the

@@ -5,8 +5,8 @@ The profiles (profiles/slurm, profiles/workstation) call it from their resource 
 
     runtime: "__import__('ketchup.planned').planned.resource('runtime', 'student', wildcards, 1440)"
 
-Light on purpose (the standard library only): Snakemake evaluates it for every job while it builds
-the DAG. The plan's runtime_min and mem_mb already hold the prediction times plan.margin.
+Light on purpose (the standard library and ketchup.paths only): Snakemake evaluates it for every
+job while it builds the DAG. The plan's runtime_min and mem_mb already hold the prediction times plan.margin.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import csv
 import os
 from typing import Any
 
-PLAN = os.path.join("results", "plan", "cost.csv")  # ketchup.paths.plan("cost.csv"), relative to the workdir
+from ketchup import paths
+
+PLAN = paths.plan("cost.csv")  # relative to the working directory
 COLUMNS = {"runtime": "runtime_min", "mem_mb": "mem_mb"}
 _cache: dict[str, tuple[float, dict[tuple[str, str], dict[str, str]]]] = {}
 
