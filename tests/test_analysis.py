@@ -17,9 +17,10 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from ketchup import config as kconfig
+from ketchup import config as kconfig, registry
 from ketchup.analysis import figures, settings, significance, tables_paper, variance
 from ketchup.analysis.common import PRIMARY
+from ketchup.analysis.equal_time import equal_time_table, train_time
 from ketchup.analysis.ksweep import k_sweep_table
 from ketchup.analysis.paper import comparison, paper_numbers
 from snakemake_runner import REPO_ROOT, snakemake, write_config
@@ -308,6 +309,59 @@ def test_analysis_settings_and_k_values(default_config):
         kconfig.validate(cfg)
 
 
+def test_ppo_equal_time_runs_follow_the_cost_ratio(default_config):
+    cfg = {**default_config, "methods": ["kl", "llmr", "ketchup", "llmr-ppo", "ketchup-ppo"],
+           "analysis": {"ppo_cost_ratio": 1.5}}
+    cfg["method_overrides"] = {**cfg["method_overrides"], "llmr-ppo": {"max_steps": 30}, "ketchup-ppo": {"max_steps": 40}}
+    assert settings.ppo_equal_time(cfg) == {
+        "llmr-ppo": {"plain": "llmr", "rollouts": "llmr-ppo", "time": "llmr-ppo-r20"},  # 30 / 1.5
+        "ketchup-ppo": {"plain": "ketchup", "rollouts": "ketchup-ppo", "time": "ketchup-ppo-r27"}}  # 40 / 1.5 = 26.7
+    kconfig.validate(cfg)
+    # the budget run trains its method's settings for N steps, and is its method everywhere else
+    assert kconfig.optim_settings(cfg, "ketchup-ppo-r27") == {**kconfig.optim_settings(cfg, "ketchup-ppo"), "max_steps": 27}
+    assert kconfig.rl_settings(cfg, "ketchup-ppo-r27") == kconfig.rl_settings(cfg, "ketchup-ppo")
+    assert registry.method_and_k("ketchup-ppo-r27", 4) == ("ketchup-ppo", 4)
+    assert registry.method_and_k("llmr-ppo-r20", 4) == ("llmr-ppo", 1)
+    assert registry.rollout_budget("ketchup") is None and registry.rollout_budget("ketchup-k4") is None
+    with pytest.raises(ValueError, match="only an RL method"):
+        registry.budget_run("kl", 10)
+    with pytest.raises(KeyError):
+        registry.method_and_k("kl-r10", 1)
+    assert settings.ppo_equal_time(default_config | {"analysis": {}}) == {}  # null: no runs, no table
+    with pytest.raises(kconfig.ConfigError, match="analysis.ppo_cost_ratio"):
+        kconfig.validate({**cfg, "analysis": {"ppo_cost_ratio": 0}})
+
+
+def test_equal_time_table_from_metrics_and_step_times(tmp_path, jsonl_writer):
+    """Means, stds, rollout batches and summed step seconds, by hand, for two seeds of three runs."""
+    scores = {"ketchup": (30.0, 34.0), "ketchup-ppo": (33.0, 35.0), "ketchup-ppo-r2": (31.0, 31.0)}
+    step_seconds = {"ketchup": [1.0, 1.0, 1.0], "ketchup-ppo": [1.5, 1.5, 1.5], "ketchup-ppo-r2": [1.5, 1.5]}
+    metrics, models = [], []
+    for run, values in scores.items():
+        for seed, value in enumerate(values):
+            path = tmp_path / f"results/metrics/en_nl/base/{run}/seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"metrics": {"bleu": value, "chrf": 0.0}}))
+            model = tmp_path / f"results/models/students/en_nl/base/{run}/seed{seed}"
+            rows = [{"step": 0, "dev_metric": 1.0}]
+            for step, sec in enumerate(step_seconds[run], 1):  # seed 1 took twice as long
+                rows += [{"step": step, "loss": 0.1, "seconds": sec * (1 + seed)}, {"step": step, "dev_metric": 2.0}]
+            jsonl_writer(model / "metrics.jsonl", rows)
+            metrics.append(str(path))
+            models.append(str(model))
+    comparisons = {"ketchup-ppo": {"plain": "ketchup", "rollouts": "ketchup-ppo", "time": "ketchup-ppo-r2"}}
+    assert train_time(models[1]) == (3, 6.0)
+    table = equal_time_table(metrics, models, comparisons).set_index("budget")
+    assert list(table.index) == ["plain", "rollouts", "time"] and (table.method == "ketchup-ppo").all()
+    assert list(table.run) == ["ketchup", "ketchup-ppo", "ketchup-ppo-r2"] and (table.seeds == 2).all()
+    assert list(table.rollout_batches) == [3, 3, 2] and (table.metric == "bleu").all()
+    assert list(table.train_s) == [4.5, 6.75, 4.5]  # mean over seeds of (3 x s, 6 x s)
+    assert list(table.time_vs_plain) == [1.0, 1.5, 1.0]
+    assert list(table["mean"]) == [32.0, 34.0, 31.0] and list(table.diff_vs_plain) == [0.0, 2.0, -1.0]
+    assert table.loc["plain", "std"] == pytest.approx(np.std([30.0, 34.0], ddof=1), abs=1e-4)
+    assert table.loc["time", "std"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # figures (pure functions: DataFrame -> Figure)
 # ---------------------------------------------------------------------------------------------
@@ -387,13 +441,14 @@ def _job_counts(out: str) -> dict[str, int]:
 def test_default_all_includes_every_analysis(tmp_path):
     proc = snakemake(tmp_path, None, "-n", "all")
     counts = _job_counts(proc.stdout + proc.stderr)
-    # 60 main-table students + the K sweep's extra runs: K in {1, 2, 4, 8}, K = 1 reuses llmr and the
-    # task's K (2 / 4 / 8) reuses ketchup, so two extra K per task: 3 tasks x 2 K x 2 sizes = 12
-    assert counts["student"] == 72 and counts["score_student"] == 72
+    # 72 main-table students (12 methods x 3 tasks x 2 sizes) + the K sweep's extra runs: K in {1, 2, 4, 8},
+    # K = 1 reuses llmr and the task's K (2 / 4 / 8) reuses ketchup, so two extra K per task: 3 tasks x 2 K
+    # x 2 sizes = 12 + the equal-time runs llmr-ppo-r27 and ketchup-ppo-r27: 2 x 3 tasks x 2 sizes = 12
+    assert counts["student"] == 96 and counts["score_student"] == 96
     assert counts["grad_variance"] == 6  # 3 tasks x 2 sizes x 1 seed
     for rule in ("k_sweep_table", "k_sweep_figure", "grad_variance_table", "grad_variance_figure", "length_by_k",
                  "significance", "main_table_paper_layout", "paper_comparison", "student_size_table",
-                 "student_size_figure", "training_curves", "main_table"):
+                 "student_size_figure", "training_curves", "main_table", "equal_time_table"):
         assert counts[rule] == 1, rule
     assert not (tmp_path / "results").exists()
 
@@ -407,23 +462,26 @@ TARGETS = ["results/tables/k_sweep.csv", "results/figures/k_sweep.pdf", "results
            "results/figures/grad_variance.png", "results/figures/student_size.pdf",
            "results/figures/student_size.png", "results/tables/length_by_k.csv",
            "results/figures/training_curves.pdf", "results/figures/training_curves.png", "results/tables/main.md",
-           "results/tables/main.tex", "results/tables/significance.csv", "results/tables/paper_comparison.csv"]
+           "results/tables/main.tex", "results/tables/significance.csv", "results/tables/paper_comparison.csv",
+           "results/tables/equal_time.csv"]
 E2E_METHODS = ["kl", "llmr", "ketchup"]  # the prompted row's layout is unit-tested above
+E2E_PPO = "ketchup-ppo"  # with analysis.ppo_cost_ratio 2: also ketchup-ppo-r5, at half the rollouts
 
 
 @pytest.fixture(scope="module")
 def analysis_run(tmp_path_factory):
-    """One task, one student, three methods, k_sweep [1, 2, 3] (K = 1 reuses llmr, 2 is the task's K
-    and reuses ketchup, 3 trains ketchup-k3), a short teacher: every analysis target, then the report."""
+    """One task, one student, three methods and ketchup-ppo, k_sweep [1, 2, 3] (K = 1 reuses llmr, 2 is
+    the task's K and reuses ketchup, 3 trains ketchup-k3), ppo_cost_ratio 2 (ketchup-ppo-r5), a short
+    teacher: every analysis target, then the report."""
     tmp = tmp_path_factory.mktemp("analysis")
     base = yaml.safe_load(TEST_CONFIG.read_text())
     task = {**base["tasks"]["en_nl"], "n_train": 200, "n_dev": 20, "n_test": 30}
     config = write_config(
-        tmp / "config.yaml", TEST_CONFIG, tasks={"en_nl": task}, methods=E2E_METHODS,
+        tmp / "config.yaml", TEST_CONFIG, tasks={"en_nl": task}, methods=[*E2E_METHODS, E2E_PPO],
         teacher={**base["teacher"], "train": {**base["teacher"]["train"], "max_steps": 60, "eval_every": 30}},
         train={**base["train"], "max_steps": 10, "eval_every": 5, "dev_eval_examples": 10, "checkpoint_every": 10},
         analysis={"k_sweep": [1, 2, 3], "grad_variance": {"n_minibatches": 20, "batch_size": 4, "resamples": 500},
-                  "bootstrap": {"resamples": 1000, "seed": 0}},
+                  "bootstrap": {"resamples": 1000, "seed": 0}, "ppo_cost_ratio": 2.0},
     )
     workdir = tmp / "work"
     snakemake(workdir, config, *TARGETS, timeout=900)
@@ -481,11 +539,25 @@ def test_e2e_length_by_k(analysis_run):
 def test_e2e_significance(analysis_run):
     table = _table(analysis_run, "significance.csv")
     assert list(table.columns) == significance.COLUMNS
-    # every method (teacher included) against kl and llmr, never against itself: 3 + 3 rows
-    assert len(table) == 6 and not (table.method == table.baseline).any()
-    assert set(table.baseline) == {"kl", "llmr"} and table.p_value.between(0, 1).all()
+    # every run (teacher, kl, llmr, ketchup, ketchup-ppo, ketchup-ppo-r5) against kl, llmr and ketchup,
+    # never against itself: 3 x 5 rows
+    assert len(table) == 15 and not (table.method == table.baseline).any()
+    assert set(table.baseline) == {"kl", "llmr", "ketchup"} and table.p_value.between(0, 1).all()
+    assert set(table[table.baseline == "ketchup"].method) == {"teacher", "kl", "llmr", E2E_PPO, f"{E2E_PPO}-r5"}
     assert (table.n_examples == 30).all() and (table.resamples == 1000).all()
     assert (table.ci_low <= table.mean_diff).all() and (table.mean_diff <= table.ci_high).all()
+
+
+@pytest.mark.slow
+def test_e2e_equal_time(analysis_run):
+    table = _table(analysis_run, "equal_time.csv").set_index("budget")
+    assert list(table.run) == ["ketchup", E2E_PPO, f"{E2E_PPO}-r5"] and list(table.rollout_batches) == [10, 10, 5]
+    assert (table.train_s > 0).all() and table.loc["plain", "time_vs_plain"] == 1.0
+    main = _table(analysis_run, "main.csv").set_index(["method", "metric"])["mean"]
+    assert table.loc["rollouts", "mean"] == pytest.approx(main[(E2E_PPO, "bleu")], abs=1e-3)
+    summary = json.loads((analysis_run[0] / f"results/models/students/en_nl/tiny/{E2E_PPO}-r5/seed0/train_summary.json")
+                         .read_text())
+    assert summary["steps"] == 5 and summary["method"] == E2E_PPO
 
 
 @pytest.mark.slow
@@ -493,7 +565,7 @@ def test_e2e_main_md_and_tex(analysis_run):
     md = (analysis_run[0] / "results/tables/main.md").read_text()
     tex = (analysis_run[0] / "results/tables/main.tex").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
-    assert [r.split("|")[1].strip() for r in rows] == ["Teacher", "KL", "LLMR", "KETCHUP"]
+    assert [r.split("|")[1].strip() for r in rows] == ["Teacher", "KL", "LLMR", "KETCHUP", "KETCHUP + PPO"]
     assert md.count("**") >= 2 and md.count("**") % 2 == 0  # the best cell (and any tie) in the one column
     assert tex.count(r"\textbf{") >= 1 and r"\begin{tabular}" in tex and "EN-NL (BLEU)" in tex
 

@@ -156,8 +156,8 @@ def test_method_names_agree_everywhere(monkeypatch):
         config = kconfig.read(path)
         # every method, but the paper's own runs: the paper's methods (PPO is beyond the paper)
         paper = [m for m in methods if not registry.get(m).ppo]
-        # (the default leaves PPO out too, for its 10-minute budget; config.yaml says so)
-        paper_run = path.name in ("config.yaml", "study.yaml", "paper.yaml", "paper_qwen.yaml", "smollm2_gsm8k.yaml")
+        # (the default and the CPU study run every method)
+        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "smollm2_gsm8k.yaml")
         assert config["methods"] == (paper if paper_run else methods), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
         overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS if m in config["methods"]]
@@ -423,7 +423,7 @@ def test_ppo_settings_reach_the_ppo_methods_only(default_config):
 
 def test_more_ppo_minibatches_than_rollouts_is_refused(default_config):
     default_config["rl"] = {**default_config.get("rl", {}), "ppo_minibatches": 64}
-    default_config["methods"] = [*default_config["methods"], "ketchup-ppo"]
+    default_config["methods"] = [m for m in default_config["methods"] if m != "llmr-ppo"]  # ketchup-ppo alone
     default_config.setdefault("method_overrides", {})["ketchup-ppo"] = {"batch_size": 32}
     with pytest.raises(kconfig.ConfigError, match="rl.ppo_minibatches"):
         kconfig.validate(default_config)

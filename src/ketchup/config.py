@@ -204,10 +204,13 @@ def deep_update(base: dict, update: dict) -> dict:
 
 
 def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
-    """Student optimiser settings for a method (defaults < train < method_overrides[method])."""
+    """Student optimiser settings for a method or run name (defaults < train < method_overrides[method];
+    a run ``{method}-r{N}`` then trains N steps, ``ketchup-k{K}`` as ketchup)."""
     settings = {**OPTIM_DEFAULTS, **config.get("train", {})}
     if method is not None:
-        settings.update(config.get("method_overrides", {}).get(method, {}))
+        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
+        if (steps := registry.rollout_budget(method)) is not None:
+            settings["max_steps"] = steps
     return settings
 
 

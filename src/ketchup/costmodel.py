@@ -274,7 +274,7 @@ def _student(w, config, cal, lengths) -> Counts:
         c = Counts()
         c.add("other_s", _unit(cal, model, "save_s"))
     else:
-        settings = {**kconfig.optim_settings(config, method), "two_source": m.family == "divergence" and method != "kl"}
+        settings = {**kconfig.optim_settings(config, w["method"]), "two_source": m.family == "divergence" and method != "kl"}
         if m.ppo:
             rl = kconfig.rl_settings(config, method)
             settings["ppo"] = (rl["ppo_epochs"], rl["ppo_minibatches"])

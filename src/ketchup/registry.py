@@ -61,18 +61,46 @@ def sweep_run(k: int) -> str:
     return f"{K_SWEEP}-k{k}"
 
 
+# An RL method with another budget of rollout batches trains under the run name ``{method}-r{N}``
+# (N rollout batches: train.max_steps = N); the equal-time analysis runs the PPO methods so.
+_BUDGET_RUN = re.compile(rf"({'|'.join(re.escape(n) for n in RL_METHODS)})-r(\d+)")
+
+
+def budget_run(method: str, steps: int) -> str:
+    if method not in RL_METHODS:
+        raise ValueError(f"method {method!r}: only an RL method has a budget of rollout batches")
+    return f"{method}-r{steps}"
+
+
+def rollout_budget(run: str) -> int | None:
+    """N of a run ``{method}-r{N}`` (its rollout batches), None for any other run."""
+    match = _BUDGET_RUN.fullmatch(run)
+    return int(match.group(2)) if match else None
+
+
 def run_pattern() -> str:
     """A regular expression matching every run name (the Snakemake wildcard constraint)."""
-    return "|".join([*(re.escape(n) for n in NAMES), _SWEEP_RUN.pattern])
+    return "|".join([*(re.escape(n) for n in NAMES), _SWEEP_RUN.pattern, _BUDGET_RUN.pattern])
 
 
 def method_and_k(run: str, task_k: int) -> tuple[str, int]:
-    """The objective and K of a run name: ``ketchup-k{K}`` is the sweep, LLMR uses K = 1, KETCHUP the task's K."""
+    """The objective and K of a run name: ``ketchup-k{K}`` is the sweep, LLMR uses K = 1, KETCHUP the
+    task's K; ``{method}-r{N}`` is its method's."""
     if match := _SWEEP_RUN.fullmatch(run):
         return K_SWEEP, int(match.group(1))
+    if match := _BUDGET_RUN.fullmatch(run):
+        run = match.group(1)
     if run not in METHODS:
         raise KeyError(f"unknown method {run!r}; known: {', '.join(NAMES)}")
     return run, 1 if METHODS[run].k == "one" else task_k
+
+
+def without_ppo(name: str) -> str:
+    """The method a PPO method optimises with one update per rollout batch (the same K and baseline)."""
+    m = get(name)
+    if not m.ppo:
+        raise ValueError(f"method {name!r} does not update with PPO")
+    return next(n for n, o in METHODS.items() if not o.ppo and (o.family, o.k, o.baseline) == (m.family, m.k, m.baseline))
 
 
 def get(name: str) -> Method:

@@ -75,7 +75,7 @@ rule length_by_k:
 rule significance:
     input:
         teacher=[paths.teacher_metrics(task) for task in TASKS],
-        students=student_metric_files(),
+        students=student_metric_files() + equal_time_files(paths.metrics("{task}", "{student}", "{method}", "{seed}"), True),
     output:
         report(paths.table("significance.csv"), caption="../report/significance.rst", category="Tables"),
     params:
@@ -143,3 +143,21 @@ rule student_size_table:
         "../../envs/ketchup.yaml"
     shell:
         "python -m ketchup.analysis student-size-table --main {input.main} --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule equal_time_table:
+    input:
+        metrics=equal_time_files(paths.metrics("{task}", "{student}", "{method}", "{seed}")),
+        models=equal_time_files(paths.student_model("{task}", "{student}", "{method}", "{seed}")),
+    output:
+        report(paths.table("equal_time.csv"), caption="../report/equal_time.rst", category="Tables"),
+    params:
+        spec=as_json(EQUAL_TIME),
+    log:
+        "results/logs/analysis/equal_time_table.log",
+    benchmark:
+        "results/benchmarks/analysis/equal_time_table.tsv"
+    conda:
+        "../../envs/ketchup.yaml"
+    shell:
+        "python -m ketchup.analysis equal-time-table --spec {params.spec:q} --metrics {input.metrics} --models {input.models} --out {output} > {log} 2>&1"

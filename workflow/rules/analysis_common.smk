@@ -6,6 +6,7 @@ from ketchup.analysis import settings as asettings  # noqa: E402  (light import:
 ANALYSIS = asettings.analysis_settings(config)
 K_SWEEP = asettings.k_sweep(config)  # analysis.k_sweep, or [1, 2, 4, 8] when the config has none
 SEED0 = SEEDS[0]
+EQUAL_TIME = asettings.ppo_equal_time(config)  # PPO method -> its plain, equal-rollout and equal-time runs
 
 
 def sweep_run(task, k):
@@ -39,6 +40,13 @@ def sweep_files(pattern, runs_only=False):
 
 def sweep_spec():
     return as_json({"sweep": sweep_runs(), "task_k": {task: task_cfg(task).get("k", 1) for task in TASKS}})
+
+
+def equal_time_files(pattern, budget_runs_only=False):
+    """`pattern` for the equal-time comparison's runs (all three, or only the {method}-r{N} runs)."""
+    keys = ["time"] if budget_runs_only else ["plain", "rollouts", "time"]
+    runs = list(dict.fromkeys(named[key] for named in EQUAL_TIME.values() for key in keys))
+    return expand(pattern, task=TASKS, student=STUDENTS, method=runs, seed=SEEDS)
 
 
 def grad_variance_spec(wildcards):
@@ -95,7 +103,7 @@ def significance_spec():
     bs = ANALYSIS["bootstrap"]
     return as_json(
         {
-            "baselines": [m for m in ("kl", "llmr") if m in METHODS],
+            "baselines": [m for m in ("kl", "llmr", "ketchup") if m in METHODS],
             "resamples": bs["resamples"],
             "seed": bs["seed"],
             "confidence": bs["confidence"],
@@ -124,6 +132,7 @@ ANALYSIS_TABLES = [
     paths.table("paper_comparison.csv"),
     paths.table("student_size.csv"),
     paths.table("training_curves.csv"),
+    *([paths.table("equal_time.csv")] if EQUAL_TIME else []),
 ]
 ANALYSIS_FIGURES = expand(
     paths.figure("{name}", "{ext}"),

@@ -143,7 +143,7 @@ def student_spec(wildcards):
             "method": method,
             "model": student_model(wildcards.student),
             "pretrained": wildcards.student in PRETRAINED,
-            "train": kconfig.optim_settings(config, method),
+            "train": kconfig.optim_settings(config, wildcards.method),  # a {method}-r{N} run: N steps
             "rl": kconfig.rl_settings(config, method),
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),

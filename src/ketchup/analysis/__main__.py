@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=json_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
     p.set_defaults(func=_main_tables)
 
-    p = sub.add_parser("significance", help="paired bootstrap against kl and llmr (significance.csv)")
+    p = sub.add_parser("equal-time-table", help="equal_time.csv: PPO at equal rollouts and at equal training time")
+    p.add_argument("--spec", type=json_spec, required=True,
+                   help='{PPO method: {"plain": run, "rollouts": run, "time": run}}')
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--models", nargs="+", required=True, help="the runs' model directories (metrics.jsonl)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_equal_time_table)
+
+    p = sub.add_parser("significance", help="paired bootstrap against the baselines (significance.csv)")
     _table_args(p, _significance, "metrics", '{"baselines": [...], "resamples": B, "seed": s, "confidence": c}')
 
     p = sub.add_parser("paper-comparison", help="paper_comparison.csv: main.csv beside the paper's numbers")
@@ -168,6 +176,12 @@ def _main_tables(args: argparse.Namespace) -> None:
     print(md)
     write_text(args.md, md)
     write_text(args.tex, tables_paper.latex(main_, tasks, students))
+
+
+def _equal_time_table(args: argparse.Namespace) -> None:
+    from ketchup.analysis import equal_time
+
+    _print_and_write(equal_time.equal_time_table(args.metrics, args.models, args.spec), args.out)
 
 
 def _significance(args: argparse.Namespace) -> None:

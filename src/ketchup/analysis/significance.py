@@ -1,4 +1,5 @@
-"""Paired bootstrap significance of every method against ``kl`` and ``llmr`` on per-example scores.
+"""Paired bootstrap significance of every method against the baselines (``kl``, ``llmr``, ``ketchup``:
+those configured) on per-example scores.
 
 Per task and student size: each run's per-example primary score (``per_example`` of its metrics
 JSON: ROUGE-1 F1 x100, sentence BLEU, or 0/100 GSM8K correctness) is averaged over the run's
