@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -200,7 +201,10 @@ def test_the_plan_lists_every_job_of_the_dag_once_with_positive_predictions(plan
     assert len({(row["rule"], row["wildcards"]) for row in rows}) == len(rows)
     assert all(float(row["predicted_s"]) > 0 and float(row["predicted_peak_mib"]) > 0 for row in rows)
     students = [row for row in rows if row["rule"] == "student" and row["method"] != "prompted"]
-    assert students and all(int(row["steps"]) == 20 and int(row["dev_evals"]) == 3 for row in students)
+    # the equal-time runs {method}-r10 (test.yaml: ppo_cost_ratio 2) train 10 steps, evaluated at 0 and 10
+    budget = {row["method"]: (10, 2) if row["method"].endswith("-r10") else (20, 3) for row in students}
+    assert sum(m.endswith("-r10") for m in budget) == 2
+    assert students and all((int(row["steps"]), int(row["dev_evals"])) == budget[row["method"]] for row in students)
     assert all(row["benchmark"].startswith("results/benchmarks/") for row in rows)
     summary_md = (work / "results" / "plan" / "summary.md").read_text()
     assert f"{len(rows)} jobs" in summary_md and "## Share of each part" in summary_md
@@ -219,7 +223,8 @@ def test_the_slurm_profile_asks_for_the_plan_runtime(planned_run):
         resources = block.split("resources: ")[1].split("\n")[0]
         assert f"runtime={row['runtime_min']}," in resources and f"mem_mb={row['mem_mb']}," in resources
         seen += 1
-    assert seen == sum(1 for r in rows if r["rule"] == "student" and "-k" not in r["method"])
+    # the main table's students: not the K sweep's nor the equal-time runs (analyses)
+    assert seen == sum(1 for r in rows if r["rule"] == "student" and not re.search(r"-[kr]\d+$", r["method"]))
 
 
 # --- the calibration's early failure -----------------------------------------------------------

@@ -94,6 +94,35 @@ def test_student_job_predicts_the_test_split_with_its_saved_dev_best_model(tmp_p
     assert again.read_text() == predictions.read_text()
 
 
+def test_teacher_trains_in_bf16_and_runs_in_teacher_dtype(tmp_path, monkeypatch):
+    """teacher.train.mixed_precision bf16 trains under CPU autocast; teacher.dtype reaches every stage that
+    runs the teacher (its outputs, a student's loss), and auto stays float32 on the CPU."""
+    from ketchup import models, runtime
+
+    assert runtime.teacher_dtype("bfloat16") == torch.bfloat16 and runtime.teacher_dtype("float32") is None
+    if not torch.cuda.is_available():
+        assert runtime.teacher_dtype("auto") is None
+    data, path, _ = _pretrained(tmp_path)
+    teacher = tmp_path / "teacher"
+    spec = _spec(path, train={**_spec(path)["train"], "mixed_precision": "bf16"})
+    stages.teacher(spec=spec, data_dir=str(data), tokenizer_dir=str(path), ckpt_dir=str(tmp_path / "ckpt"),
+                   out_dir=str(teacher))
+    assert load_model("seq2seq", teacher).dtype == torch.float32  # fp32 master weights, saved as such
+    loaded = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loaded.append(k.get("dtype")) or real(*a, **k))
+    stages.outputs(task="en_nl", arch="seq2seq", model_dir=str(teacher), data_path=str(data / "train.jsonl"),
+                   prompt="", gen=spec["generation"], max_source_length=32, out_path=str(tmp_path / "outputs" / "train.jsonl"),
+                   teacher=True, teacher_dtype_setting="bfloat16")
+    assert loaded == [torch.bfloat16] and (tmp_path / "outputs" / "train.jsonl").stat().st_size > 0
+    student = _spec(path, method="kl", student="tiny", teacher_dtype="bfloat16")
+    stages.student(spec=student, data_dir=str(data), teacher_outputs_dir=str(tmp_path / "outputs"),
+                   teacher_dir=str(teacher), init_dir=None, ckpt_dir=str(tmp_path / "ckpt_kl"),
+                   out_dir=str(tmp_path / "kl"), predictions_path=str(tmp_path / "kl.jsonl"))
+    assert torch.bfloat16 in loaded[1:]  # the teacher; the student and its dev-best reload in float32
+    assert load_model("seq2seq", tmp_path / "kl").dtype == torch.float32
+
+
 def test_model_modules_import_with_the_gc_paused_and_leave_it_running():
     import gc
 

@@ -25,7 +25,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from ketchup import costmodel
 from ketchup.batching import Batch, Decoding, generate
-from ketchup.config import GENERATION_DEFAULTS, ConfigError, optim_settings, tokenizer_settings
+from ketchup.config import (GENERATION_DEFAULTS, TEACHER_DTYPE_DEFAULT, ConfigError, optim_settings, teacher_settings,
+                            tokenizer_settings)
 from ketchup.methods import Objective
 from ketchup.models import CONFIG_CLASSES
 from ketchup.runtime import compute_device, teacher_dtype
@@ -255,12 +256,16 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
         "baseline_mib": {"light": light_mib, "model": model_mib},
         "models": {},
     }
-    settings = optim_settings(config)
-    precision = settings["mixed_precision"]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if device.type == "cuda" and precision != "no" else torch.autocast(device.type, enabled=False))
+    def autocast(key: str):
+        """The training precision of ``key``'s model (train.mixed_precision, the teacher's its own)."""
+        precision = (teacher_settings(config) if key == "teacher" else optim_settings(config))["mixed_precision"]
+        if precision == "no":
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
     tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
-    teacher = AUTO[arch].from_config(configs["teacher"]).to(device, dtype=teacher_dtype() or torch.float32).eval()
+    dtype = teacher_dtype(config["teacher"].get("dtype", TEACHER_DTYPE_DEFAULT)) or torch.float32
+    teacher = AUTO[arch].from_config(configs["teacher"]).to(device, dtype=dtype).eval()
     teacher.requires_grad_(False)
     cap = (lambda n: min(n, max_length)) if max_length else (lambda n: n)
     bcap = (lambda n: min(n, max_batch)) if max_batch else (lambda n: n)
@@ -291,7 +296,7 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
                     model.train()
 
                     def step():
-                        with autocast:
+                        with autocast(key):
                             per_token, _, _ = objective.loss(model, batches)
                         per_token.sum().backward()
 
@@ -318,8 +323,9 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
             ys = []
             for length in lengths:
                 # The decode every job makes (ketchup.batching.generate), with the config's cache and compilation.
-                ys.append(_timed(lambda: generate(model, arch, b, tok, length, logits_processor=suppress,
-                                                  decoding=decoding), repeats))
+                # The teacher decodes its outputs in teacher.dtype, as the teacher-outputs stage.
+                ys.append(_timed(lambda: generate(teacher if key == "teacher" else model, arch, b, tok, length,
+                                                  logits_processor=suppress, decoding=decoding), repeats))
             entry["decode"][str(batch)] = {"batch": rows, "coef": _fit([[x] for x in lengths], ys),
                                            "lengths": lengths, "seconds": ys}
         entry.update(_save_load_seconds(model, optimizer, arch, repeats))

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="")
     p.add_argument("--generation", type=json_spec, required=True)
     p.add_argument("--max-source-length", type=int, required=True)
-    p.add_argument("--teacher", action="store_true", help="run in half precision on a GPU")
+    p.add_argument("--teacher", action="store_true", help="the teacher: run in --teacher-dtype")
+    p.add_argument("--teacher-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="teacher.dtype (auto: bf16 on a GPU, float32 on the CPU)")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("student", help="train one student with its method's objective")
@@ -168,7 +170,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     stages.outputs(task=args.task, arch=args.arch, model_dir=args.model, data_path=args.data, prompt=args.prompt,
                    gen=args.generation, max_source_length=args.max_source_length, out_path=args.out,
-                   teacher=args.teacher)
+                   teacher=args.teacher, teacher_dtype_setting=args.teacher_dtype)
 
 
 def _student(args: argparse.Namespace) -> None:

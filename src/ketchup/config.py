@@ -214,6 +214,16 @@ def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[st
     return settings
 
 
+TEACHER_DTYPE_DEFAULT = schema_defaults("properties", "teacher")["dtype"]
+
+
+def teacher_dtype_spec(config: dict[str, Any]) -> dict[str, str]:
+    """``{"teacher_dtype": teacher.dtype}`` for the specs of the stages that run the teacher, empty for
+    the default (auto), so that a config without the key keeps its specs and resume fingerprints."""
+    dtype = config["teacher"].get("dtype", TEACHER_DTYPE_DEFAULT)
+    return {} if dtype == TEACHER_DTYPE_DEFAULT else {"teacher_dtype": dtype}
+
+
 def teacher_settings(config: dict[str, Any], task: str | None = None) -> dict[str, Any]:
     """Teacher optimiser settings (defaults < teacher.train < tasks[task].teacher_train)."""
     settings = {**OPTIM_DEFAULTS, **config["teacher"].get("train", {})}

@@ -85,10 +85,13 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def teacher_dtype() -> torch.dtype | None:
-    """Teacher precision: bf16 on a GPU that has it, float32 on the CPU."""
+def teacher_dtype(setting: str = "auto") -> torch.dtype | None:
+    """The teacher's weights when it runs without gradient (``teacher.dtype``): ``auto`` is bf16 on a
+    GPU that has it (fp16 on one without), float32 (None: as saved) on the CPU."""
     import torch
 
+    if setting != "auto":
+        return {"float32": None, "bfloat16": torch.bfloat16}[setting]
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None

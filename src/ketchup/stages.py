@@ -155,12 +155,14 @@ def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> 
 
 
 def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
-            max_source_length: int, out_path: str, teacher: bool = False) -> None:
-    """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line."""
+            max_source_length: int, out_path: str, teacher: bool = False, teacher_dtype_setting: str = "auto") -> None:
+    """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line
+    (a teacher's in ``teacher.dtype``)."""
     from ketchup.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    model = load_model(arch, model_dir, dtype=teacher_dtype() if teacher else None).to(compute_device())
+    dtype = teacher_dtype(teacher_dtype_setting) if teacher else None
+    model = load_model(arch, model_dir, dtype=dtype).to(compute_device())
     write_predictions(model, tok, arch, task, data_path, prompt, gen, max_source_length, out_path)
 
 
@@ -224,7 +226,8 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
         train_path = Path(teacher_outputs_dir) / "train.jsonl"
         rows = read_jsonl(train_path)
         data_ = TrainData([r["source"] for r in rows], [r["prediction"] for r in rows])
-    teacher_model = load_model(arch, teacher_dir, dtype=teacher_dtype()) if registry.get(method).needs_teacher else None
+    teacher_model = (load_model(arch, teacher_dir, dtype=teacher_dtype(spec.get("teacher_dtype", "auto")))
+                     if registry.get(method).needs_teacher else None)
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1),
                           logits_processor=processors(spec["generation"], tok), decoding=Decoding.of(spec["generation"]))

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -120,6 +121,9 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
     # split_batches: the scheduler steps once per optimizer step, whatever the number of processes
     # (accelerate otherwise steps it once per process, for a data loader's per-process batches; the
     # loop counts total_steps in optimizer steps). No data loader is prepared, so it changes nothing else.
+    # The accelerator's state is one per process: a second run in the process (tests; a teacher trained
+    # in bf16 before an fp32 student) sets its own precision. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=settings["mixed_precision"], cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     set_seed(rank_seed(seed, accelerator.process_index))

@@ -66,6 +66,7 @@ def grad_variance_spec(wildcards):
             "projection_dim": gv["projection_dim"],
             "calculator": kconfig.calculator_on(config, wildcards.task),
             **{k: kconfig.generation_settings(config, wildcards.task)[k] for k in ("cache", "compile")},
+            **kconfig.teacher_dtype_spec(config),
         }
     )
 

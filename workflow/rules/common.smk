@@ -148,6 +148,7 @@ def student_spec(wildcards):
             "k": k,
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),
+            **kconfig.teacher_dtype_spec(config),
         }
     )
 

@@ -12,6 +12,7 @@ rule teacher_outputs:
         generation=lambda wildcards: as_json(kconfig.generation_settings(config, wildcards.task)),
         max_source_length=lambda wildcards: lengths(wildcards.task)[0],
         arch=ARCH,
+        dtype=config["teacher"].get("dtype", kconfig.TEACHER_DTYPE_DEFAULT),
     log:
         "results/logs/teacher_outputs/{task}/{split}.log",
     benchmark:
@@ -21,4 +22,4 @@ rule teacher_outputs:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} generate --teacher --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"
+        "python -m ketchup --threads {threads} generate --teacher --teacher-dtype {params.dtype} --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"

@@ -76,7 +76,8 @@ def run(spec: dict[str, Any], student_dir: str, teacher_dir: str, train_outputs:
     m, bs, seed = int(spec["n_minibatches"]), int(spec["batch_size"]), int(spec["sample_seed"])
     tok = load_tokenizer(student_dir)
     student = load_model(arch, student_dir).to(device).eval()
-    teacher = load_model(arch, teacher_dir, dtype=teacher_dtype()).to(device).eval().requires_grad_(False)
+    teacher = load_model(arch, teacher_dir, dtype=teacher_dtype(spec.get("teacher_dtype", "auto"))).to(device).eval()
+    teacher.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     n_params = n_parameters(student)
     flat = sum(p.numel() for p in params)
