@@ -592,7 +592,7 @@ def test_e2e_figures_and_report(analysis_run):
     sizes = _table(workdir, "student_size.csv")
     assert (sizes[sizes.method != "teacher"].params > 0).all()
     curves = _table(workdir, "training_curves.csv")
-    assert set(curves.method) == {"kl", "llmr", "ketchup"} and set(curves.series) == {"loss", "dev_metric"}
+    assert set(curves.method) == {*E2E_METHODS, E2E_PPO} and set(curves.series) == {"loss", "dev_metric"}
     html = (workdir / "results" / "report.html")
     assert html.exists() and html.stat().st_size > 10_000
     text = html.read_text(errors="replace")

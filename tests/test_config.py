@@ -403,8 +403,13 @@ def test_the_study_config_is_the_default_with_three_seeds_larger_test_sets_and_r
         assert spec["n_test"] > default["tasks"][task]["n_test"]
         assert {k: v for k, v in spec.items() if k != "n_test"} == \
             {k: v for k, v in default["tasks"][task].items() if k != "n_test"}
-    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train")} == \
-        {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train")}
+    # the teacher in float32 (the CPU's auto, as the study's first run), the default's in bf16 for its budget
+    assert study["teacher"]["dtype"] == "auto" and study["teacher"]["train"]["mixed_precision"] == "no"
+    assert default["teacher"]["dtype"] == "bfloat16" and default["teacher"]["train"]["mixed_precision"] == "bf16"
+    drop = lambda t: {**t, "dtype": None, "train": {**t["train"], "mixed_precision": None}}  # noqa: E731
+    assert drop(study["teacher"]) == drop(default["teacher"])
+    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train", "teacher")} == \
+        {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train", "teacher")}
 
 
 def test_ppo_settings_reach_the_ppo_methods_only(default_config):

@@ -46,8 +46,8 @@ def test_lint_is_clean():
 def test_default_config_dry_run(tmp_path):
     proc = snakemake(tmp_path, None, "-n", "results/tables/main.csv")
     out = proc.stdout + proc.stderr
-    # 3 tasks x 2 student sizes x 10 methods x 1 seed; each size pretrained per task
-    for rule, count in {"student": 60, "score_student": 60, "teacher": 3, "pretrain": 6, "main_table": 1}.items():
+    # 3 tasks x 2 student sizes x 12 methods x 1 seed; each size pretrained per task
+    for rule, count in {"student": 72, "score_student": 72, "teacher": 3, "pretrain": 6, "main_table": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
     assert not (tmp_path / "results").exists()
 
