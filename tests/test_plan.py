@@ -109,6 +109,10 @@ def test_an_rl_job_decodes_its_rollouts_micro_batch_by_micro_batch():
                                lengths, startup="warm")
     assert ppo.rollouts == c.rollouts and ppo.seconds["rollout_s"] == pytest.approx(c.seconds["rollout_s"])
     assert ppo.seconds["train_s"] == pytest.approx(8 * 3 * 1.0 + 2 * 4 * 2.0)
+    # an equal-time run {method}-r{N}: the method's settings for N rollout batches
+    short = costmodel.job_counts(Job("student", {**job.wildcards, "method": "ketchup-ppo-r1"}, "x", "y"), config,
+                                 _cal(), lengths, startup="warm")
+    assert short.rollouts == ppo.rollouts // 2 and short.seconds["train_s"] == pytest.approx(ppo.seconds["train_s"] / 2)
 
 
 # --- the DAG's jobs ----------------------------------------------------------------------------
@@ -201,10 +205,7 @@ def test_the_plan_lists_every_job_of_the_dag_once_with_positive_predictions(plan
     assert len({(row["rule"], row["wildcards"]) for row in rows}) == len(rows)
     assert all(float(row["predicted_s"]) > 0 and float(row["predicted_peak_mib"]) > 0 for row in rows)
     students = [row for row in rows if row["rule"] == "student" and row["method"] != "prompted"]
-    # the equal-time runs {method}-r10 (test.yaml: ppo_cost_ratio 2) train 10 steps, evaluated at 0 and 10
-    budget = {row["method"]: (10, 2) if row["method"].endswith("-r10") else (20, 3) for row in students}
-    assert sum(m.endswith("-r10") for m in budget) == 2
-    assert students and all((int(row["steps"]), int(row["dev_evals"])) == budget[row["method"]] for row in students)
+    assert students and all(int(row["steps"]) == 20 and int(row["dev_evals"]) == 3 for row in students)
     assert all(row["benchmark"].startswith("results/benchmarks/") for row in rows)
     summary_md = (work / "results" / "plan" / "summary.md").read_text()
     assert f"{len(rows)} jobs" in summary_md and "## Share of each part" in summary_md

@@ -99,7 +99,7 @@ def test_teacher_trains_in_bf16_and_runs_in_teacher_dtype(tmp_path, monkeypatch)
     runs the teacher (its outputs, a student's loss), and auto stays float32 on the CPU."""
     from ketchup import models, runtime
 
-    assert runtime.teacher_dtype("bfloat16") == torch.bfloat16 and runtime.teacher_dtype("float32") is None
+    assert runtime.teacher_dtype("bfloat16") == torch.bfloat16 and runtime.teacher_dtype("float32") == torch.float32
     if not torch.cuda.is_available():
         assert runtime.teacher_dtype("auto") is None
     data, path, _ = _pretrained(tmp_path)

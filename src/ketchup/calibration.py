@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from ketchup import costmodel
 from ketchup.batching import Batch, Decoding, generate
-from ketchup.config import (GENERATION_DEFAULTS, TEACHER_DTYPE_DEFAULT, ConfigError, optim_settings, teacher_settings,
+from ketchup.config import (GENERATION_DEFAULTS, ConfigError, optim_settings, teacher_dtype_name, teacher_settings,
                             tokenizer_settings)
 from ketchup.methods import Objective
 from ketchup.models import CONFIG_CLASSES
@@ -264,7 +264,7 @@ def calibrate(config: dict[str, Any], *, repeats: int = 3, shapes: dict[str, Any
         return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
     tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
-    dtype = teacher_dtype(config["teacher"].get("dtype", TEACHER_DTYPE_DEFAULT)) or torch.float32
+    dtype = teacher_dtype(teacher_dtype_name(config)) or torch.float32
     teacher = AUTO[arch].from_config(configs["teacher"]).to(device, dtype=dtype).eval()
     teacher.requires_grad_(False)
     cap = (lambda n: min(n, max_length)) if max_length else (lambda n: n)

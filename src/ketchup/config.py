@@ -217,10 +217,15 @@ def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[st
 TEACHER_DTYPE_DEFAULT = schema_defaults("properties", "teacher")["dtype"]
 
 
+def teacher_dtype_name(config: dict[str, Any]) -> str:
+    """``teacher.dtype`` over the schema's default (auto)."""
+    return config["teacher"].get("dtype", TEACHER_DTYPE_DEFAULT)
+
+
 def teacher_dtype_spec(config: dict[str, Any]) -> dict[str, str]:
     """``{"teacher_dtype": teacher.dtype}`` for the specs of the stages that run the teacher, empty for
     the default (auto), so that a config without the key keeps its specs and resume fingerprints."""
-    dtype = config["teacher"].get("dtype", TEACHER_DTYPE_DEFAULT)
+    dtype = teacher_dtype_name(config)
     return {} if dtype == TEACHER_DTYPE_DEFAULT else {"teacher_dtype": dtype}
 
 

@@ -12,7 +12,7 @@ rule teacher_outputs:
         generation=lambda wildcards: as_json(kconfig.generation_settings(config, wildcards.task)),
         max_source_length=lambda wildcards: lengths(wildcards.task)[0],
         arch=ARCH,
-        dtype=config["teacher"].get("dtype", kconfig.TEACHER_DTYPE_DEFAULT),
+        dtype=kconfig.teacher_dtype_name(config),
     log:
         "results/logs/teacher_outputs/{task}/{split}.log",
     benchmark:
