@@ -43,11 +43,14 @@ def schema_defaults(*where: str) -> dict[str, Any]:
 
 # Reference defaults (docs/settings.md); the config overrides any of them.
 RL_DEFAULTS = schema_defaults("properties", "rl")
-OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
+# `processes` says how a job is launched (ketchup.launch), not how it trains: it stays out of the
+# stages' specs, so that a config without the key keeps its specs and resume fingerprints.
+LAUNCH_KEYS = ("processes",)
+OPTIM_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "optim").items() if k not in LAUNCH_KEYS}
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
-PRETRAIN_DEFAULTS = schema_defaults("$defs", "pretrain")
+PRETRAIN_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "pretrain").items() if k not in LAUNCH_KEYS}
 TOKENIZER_DEFAULTS = schema_defaults("properties", "tokenizer")
 
 
@@ -203,15 +206,45 @@ def deep_update(base: dict, update: dict) -> dict:
     return out
 
 
+def _without_launch(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in LAUNCH_KEYS}
+
+
+def _student_layers(config: dict[str, Any], method: str | None) -> dict[str, Any]:
+    """train < method_overrides[method] (launch keys included)."""
+    settings = dict(config.get("train", {}))
+    if method is not None:
+        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
+    return settings
+
+
 def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
     """Student optimiser settings for a method or run name (defaults < train < method_overrides[method];
     a run ``{method}-r{N}`` then trains N steps, ``ketchup-k{K}`` as ketchup)."""
-    settings = {**OPTIM_DEFAULTS, **config.get("train", {})}
-    if method is not None:
-        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
-        if (steps := registry.rollout_budget(method)) is not None:
-            settings["max_steps"] = steps
+    settings = {**OPTIM_DEFAULTS, **_without_launch(_student_layers(config, method))}
+    if method is not None and (steps := registry.rollout_budget(method)) is not None:
+        settings["max_steps"] = steps
     return settings
+
+
+PROCESSES_DEFAULT = schema_defaults("$defs", "optim")["processes"]
+
+
+def processes(config: dict[str, Any], rule: str, task: str | None = None, student: str | None = None,
+              method: str | None = None) -> int:
+    """The processes (and devices) of a job of ``rule``: student (train < method_overrides[method]),
+    teacher and teacher_outputs (teacher.train < tasks[task].teacher_train), pretrain
+    (students[student].pretrain); 1 for every other rule."""
+    if rule == "student":
+        layers = _student_layers(config, method)
+    elif rule in ("teacher", "teacher_outputs"):
+        layers = {**config["teacher"].get("train", {}),
+                  **(config["tasks"][task].get("teacher_train", {}) if task is not None else {})}
+    elif rule == "pretrain":
+        layers = config["students"][student].get("pretrain", {})
+    else:
+        return 1
+    return int(layers.get("processes", PROCESSES_DEFAULT))
 
 
 TEACHER_DTYPE_DEFAULT = schema_defaults("properties", "teacher")["dtype"]
@@ -231,9 +264,9 @@ def teacher_dtype_spec(config: dict[str, Any]) -> dict[str, str]:
 
 def teacher_settings(config: dict[str, Any], task: str | None = None) -> dict[str, Any]:
     """Teacher optimiser settings (defaults < teacher.train < tasks[task].teacher_train)."""
-    settings = {**OPTIM_DEFAULTS, **config["teacher"].get("train", {})}
+    settings = {**OPTIM_DEFAULTS, **_without_launch(config["teacher"].get("train", {}))}
     if task is not None:
-        settings.update(config["tasks"][task].get("teacher_train", {}))
+        settings.update(_without_launch(config["tasks"][task].get("teacher_train", {})))
     return settings
 
 
@@ -243,7 +276,7 @@ def tokenizer_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 def pretrain_settings(config: dict[str, Any], student: str) -> dict[str, Any]:
     """A student size's pretrain block (defaults < students.<student>.pretrain)."""
-    return {**PRETRAIN_DEFAULTS, **config["students"][student]["pretrain"]}
+    return {**PRETRAIN_DEFAULTS, **_without_launch(config["students"][student]["pretrain"])}
 
 
 def pretrain_optim(pretrain: dict[str, Any]) -> dict[str, Any]:

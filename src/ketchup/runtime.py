@@ -12,6 +12,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -80,9 +81,26 @@ def import_quietly(*modules: str) -> None:
 
 
 def compute_device() -> torch.device:
+    """The GPU if there is one (a process of an N-process job: its own, by ``LOCAL_RANK``), else the CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if "LOCAL_RANK" in os.environ:  # set by `accelerate launch` (ketchup.launch) for each process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device("cuda")
+
+
+def process_share() -> tuple[int, int]:
+    """(this process's index, processes) of the job: (0, 1) outside ``accelerate launch``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
+    from accelerate import PartialState
+
+    # cpu=True where there is no GPU: else accelerate takes a CPU job's processes for one (world 1).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes
 
 
 def teacher_dtype(setting: str = "auto") -> torch.dtype | None:

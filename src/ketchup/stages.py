@@ -32,22 +32,36 @@ def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir
 
 def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, Any], max_source_length: int,
                    desc: str = "generate") -> list[str]:
-    """Greedy (or beam) outputs for ``sources_``, batched by length, in the original order."""
+    """Greedy (or beam) outputs for ``sources_``, batched by length, in the original order.
+
+    In an N-process job every process calls it with the same sources: process r decodes batches
+    r, r + N, ... of the one-process batching (the same batches, so the same texts) and every
+    process returns all outputs, gathered."""
     from ketchup.batching import Decoding, decode, generate, make_batch
     from ketchup.calculator import processors
+    from ketchup.runtime import process_share
 
     processor = processors(gen, tok)
     order = sorted(range(len(sources_)), key=lambda i: len(sources_[i]))
     outputs: list[str] = [""] * len(sources_)
     device = next(model.parameters()).device
     bs = gen["batch_size"]
-    for start in tqdm(range(0, len(order), bs), desc=desc, file=sys.stderr, mininterval=2.0):
-        idx = order[start: start + bs]
+    rank, world = process_share()
+    batches = [order[start: start + bs] for start in range(0, len(order), bs)][rank::world]
+    done: list[tuple[int, str]] = []
+    for idx in tqdm(batches, desc=desc, file=sys.stderr, mininterval=2.0, disable=rank > 0):
         batch = make_batch(tok, [sources_[i] for i in idx], None, arch, max_source_length, 1).to(device)
         out = generate(model, arch, batch, tok, gen["max_new_tokens"], sample=False, num_beams=gen["num_beams"],
                        logits_processor=processor, decoding=Decoding.of(gen))
-        for i, text in zip(idx, decode(tok, out)):
-            outputs[i] = text
+        done.extend(zip(idx, decode(tok, out)))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        print(f"{desc}: process {rank} of {world} decoded {len(done)} of {len(sources_)} examples",
+              file=sys.stderr, flush=True)
+        done = gather_object(done)
+    for i, text in done:
+        outputs[i] = text
     return outputs
 
 
@@ -93,7 +107,10 @@ def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir
     dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
     model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(compute_device())
     if not spec.get("finetune", True):  # use the teacher as it is (e.g. an already fine-tuned checkpoint)
-        _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
+        from ketchup.runtime import process_share
+
+        if process_share()[0] == 0:  # one writer under `accelerate launch`
+            _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
         return
     evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
@@ -168,11 +185,15 @@ def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str
 
 def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, prompt: str, gen: dict[str, Any],
                       max_source_length: int, out_path: str) -> None:
+    """Every process of the job decodes its share (generate_texts); the main one writes the file."""
+    from ketchup.runtime import process_share
+
     examples = sources.examples(task, data_path, prompt, gen.get("calculator", False))
     preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
                            f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
-    write_jsonl(out_path, ({"id": e["id"], "source": e["source"], "reference": e["target"], "prediction": p}
-                           for e, p in zip(examples, preds)))
+    if process_share()[0] == 0:
+        write_jsonl(out_path, ({"id": e["id"], "source": e["source"], "reference": e["target"], "prediction": p}
+                               for e, p in zip(examples, preds)))
 
 
 def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, teacher_dir: str, init_dir: str | None,
@@ -194,16 +215,21 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
                                  f"students.{spec['student']}.from_teacher").to(compute_device())
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
+    from ketchup.runtime import process_share
+
+    rank, world = process_share()
     if method == "prompted":  # the student as it is, without distillation: saved untrained
-        _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
+        if rank == 0:  # under `accelerate launch`, the main process writes the model
+            _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
     else:
         _train_student(spec, model, tok, data_dir, teacher_outputs_dir, teacher_dir, init_dir, ckpt_dir, out_dir)
-    from accelerate import PartialState
+    if world > 1:  # the main process has written the model: each process predicts its share of test
+        from accelerate import PartialState
 
-    if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
-        saved = load_model(arch, out_dir).to(compute_device())  # untrained (prompted) or dev-best
-        write_predictions(saved, tok, arch, task, Path(data_dir) / "test.jsonl", spec["prompt"], spec["generation"],
-                          spec["max_source_length"], predictions_path)
+        PartialState().wait_for_everyone()  # the state process_share set up
+    saved = load_model(arch, out_dir).to(compute_device())  # untrained (prompted) or dev-best
+    write_predictions(saved, tok, arch, task, Path(data_dir) / "test.jsonl", spec["prompt"], spec["generation"],
+                      spec["max_source_length"], predictions_path)
 
 
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,

@@ -29,6 +29,8 @@ import sys
 import traceback
 import uuid
 
+from ketchup.devices import FDS_ENV, held_fds
+
 ADDRESS_ENV = "KETCHUP_WORKER"  # the server's socket, set for the jobs by the process that started it
 SWITCH_ENV = "KETCHUP_WARM_WORKER"  # "0" turns the server off
 # What each job would import anyway; imported in the server with ``runtime.import_quietly``.
@@ -36,6 +38,7 @@ PRELOAD = ("torch", "transformers", "accelerate", "ketchup.stages", "ketchup.mod
            "ketchup.training", "ketchup.metrics", "ketchup.cli", "ketchup.analysis.__main__", "ketchup.analysis.figures")
 _STATUS = struct.Struct("!i")
 _LENGTH = struct.Struct("!I")
+_MAX_FDS = 3 + 64  # stdin, stdout, stderr and the job's device locks
 
 
 def main_of(module: str):
@@ -72,7 +75,8 @@ def delegate(address: str, module: str, argv: list[str]) -> int | None:
     with conn:
         sys.stdout.flush()
         sys.stderr.flush()
-        socket.send_fds(conn, [_LENGTH.pack(len(body))], [0, 1, 2])
+        # The job's devices' locks go along: the forked child holds them until it ends (ketchup.devices).
+        socket.send_fds(conn, [_LENGTH.pack(len(body))], [0, 1, 2, *held_fds()])
         conn.sendall(body)
         reply = _read_exactly(conn, _STATUS.size)
     if reply is None:  # the server went away with the job: never rerun it behind its back
@@ -135,12 +139,12 @@ def _start_job(listener: socket.socket, running: dict[int, socket.socket]) -> bo
     """Fork the child for one job; False when the request asks the server to stop."""
     conn, _ = listener.accept()
     try:
-        head, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, 3)
+        head, fds, _, _ = socket.recv_fds(conn, _LENGTH.size, _MAX_FDS)
         request = json.loads(_read_exactly(conn, _LENGTH.unpack(head)[0]) or b"null")
     except (OSError, struct.error, ValueError):
         conn.close()
         return True
-    if not isinstance(request, dict) or len(fds) != 3:
+    if not isinstance(request, dict) or len(fds) < 3:
         for fd in fds:
             os.close(fd)
         conn.close()
@@ -163,7 +167,7 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict) -> int:
     os.setsid()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
-    for target, fd in enumerate(fds):
+    for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
         os.close(fd)
     status = 1
@@ -171,6 +175,8 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict) -> int:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if len(fds) > 3:  # the device locks, held open until the job ends, under their numbers here
+            os.environ[FDS_ENV] = ",".join(map(str, fds[3:]))
         sys.argv = [request["module"], *request["argv"]]
         status = main_of(request["module"])(request["argv"])
     except SystemExit as exc:  # argparse's errors and --help

@@ -27,16 +27,19 @@ rule grad_variance:
     output:
         paths.grad_variance("{task}", "{student}", "{seed}"),
     params:
+        processes=job_processes("grad_variance"),
         spec=grad_variance_spec,
     log:
         "results/logs/analysis/grad_variance/{task}/{student}/seed{seed}.log",
     benchmark:
         "results/benchmarks/analysis/grad_variance/{task}/{student}/seed{seed}.tsv"
     threads: 1
+    resources:
+        gpu=job_processes("grad_variance"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis --threads {threads} grad-variance --spec {params.spec:q} --student {input.student} --teacher {input.teacher} --train-outputs {input.train_outputs} --out {output} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup.analysis --threads {threads} grad-variance --spec {params.spec:q} --student {input.student} --teacher {input.teacher} --train-outputs {input.train_outputs} --out {output} > {log} 2>&1"
 
 
 rule grad_variance_table:

@@ -71,6 +71,14 @@ wildcard_constraints:
     method=registry.run_pattern(),
 
 
+def job_processes(rule):
+    """A job's processes, one device each (config key `processes`; ketchup.launch starts them): its
+    params and its `gpu` resource, so Snakemake and SLURM give the job as many GPUs."""
+    return lambda wildcards: kconfig.processes(config, rule, task=getattr(wildcards, "task", None),
+                                               student=getattr(wildcards, "student", None),
+                                               method=getattr(wildcards, "method", None))
+
+
 def task_cfg(task):
     return config["tasks"][task]
 

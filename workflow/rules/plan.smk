@@ -8,6 +8,7 @@ rule plan_calibrate:
     output:
         paths.plan("calibration.json"),
     params:
+        processes=job_processes("plan_calibrate"),
         config=as_json(config),
         repeats=PLAN["repeats"],
     log:
@@ -15,10 +16,12 @@ rule plan_calibrate:
     benchmark:
         "results/benchmarks/plan/calibrate.tsv"
     threads: 1
+    resources:
+        gpu=job_processes("plan_calibrate"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} plan-calibrate --config {params.config:q} --repeats {params.repeats} --out {output} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup --threads {threads} plan-calibrate --config {params.config:q} --repeats {params.repeats} --out {output} > {log} 2>&1"
 
 
 rule plan:

@@ -12,6 +12,7 @@ rule pretrain:
     output:
         directory(paths.pretrained_model("{task}", "{student}")),
     params:
+        processes=job_processes("pretrain"),
         spec=pretrain_spec,
         tokenizer=tokenizer_source,
         checkpoints=lambda wildcards: paths.pretrained_checkpoints(wildcards.task, wildcards.student),
@@ -21,7 +22,9 @@ rule pretrain:
         "results/benchmarks/pretrain/{task}/{student}.tsv"
     priority: 10
     threads: 1
+    resources:
+        gpu=job_processes("pretrain"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} pretrain --spec {params.spec:q} --data {input.data} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup --threads {threads} pretrain --spec {params.spec:q} --data {input.data} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule student:
         model=directory(paths.student_model("{task}", "{student}", "{method}", "{seed}")),
         predictions=paths.predictions("{task}", "{student}", "{method}", "{seed}"),
     params:
+        processes=job_processes("student"),
         spec=student_spec,
         datadir=lambda wildcards: paths.data_dir(wildcards.task),
         outputs_dir=lambda wildcards: paths.teacher_outputs_dir(wildcards.task),
@@ -24,7 +25,9 @@ rule student:
     benchmark:
         "results/benchmarks/student/{task}/{student}/{method}/seed{seed}.tsv"
     threads: 1
+    resources:
+        gpu=job_processes("student"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output.model} --predictions {output.predictions} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup --threads {threads} student --spec {params.spec:q} --data {params.datadir} --teacher-outputs {params.outputs_dir} --teacher {input.teacher} {params.init} --checkpoints {params.checkpoints} --out {output.model} --predictions {output.predictions} > {log} 2>&1"

@@ -11,6 +11,7 @@ rule teacher:
     output:
         directory(paths.teacher_model("{task}")),
     params:
+        processes=job_processes("teacher"),
         spec=teacher_spec,
         tokenizer=tokenizer_source,
         datadir=lambda wildcards: paths.data_dir(wildcards.task),
@@ -21,7 +22,9 @@ rule teacher:
         "results/benchmarks/teacher/{task}.tsv"
     priority: 10
     threads: 1
+    resources:
+        gpu=job_processes("teacher"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} teacher --spec {params.spec:q} --data {params.datadir} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup --threads {threads} teacher --spec {params.spec:q} --data {params.datadir} --tokenizer {params.tokenizer} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

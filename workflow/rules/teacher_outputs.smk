@@ -8,6 +8,7 @@ rule teacher_outputs:
     output:
         paths.teacher_outputs("{task}", "{split}"),
     params:
+        processes=job_processes("teacher_outputs"),
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
         generation=lambda wildcards: as_json(kconfig.generation_settings(config, wildcards.task)),
         max_source_length=lambda wildcards: lengths(wildcards.task)[0],
@@ -19,7 +20,9 @@ rule teacher_outputs:
         "results/benchmarks/teacher_outputs/{task}/{split}.tsv"
     priority: 10
     threads: 1
+    resources:
+        gpu=job_processes("teacher_outputs"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup --threads {threads} generate --teacher --teacher-dtype {params.dtype} --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"
+        "python -m ketchup.launch --processes {params.processes} -m ketchup --threads {threads} generate --teacher --teacher-dtype {params.dtype} --task {wildcards.task} --arch {params.arch} --model {input.model} --data {input.data} --prompt={params.prompt:q} --generation {params.generation:q} --max-source-length {params.max_source_length} --out {output} > {log} 2>&1"
