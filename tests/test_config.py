@@ -256,6 +256,31 @@ def test_settings_precedence(default_config):
     assert kconfig.rl_settings(default_config) == {**kconfig.RL_DEFAULTS, "clip": 5.0}
 
 
+def test_processes_per_stage_and_method_stay_out_of_the_specs(default_config):
+    """`processes` (ketchup.launch) is read per rule, through the layers of its stage, and never
+    reaches a stage's settings: a config without it keeps its specs and resume fingerprints."""
+    config = default_config
+    assert kconfig.processes(config, "student", method="kl") == 1
+    config["train"] = {**config.get("train", {}), "processes": 2}
+    config["method_overrides"] = {"ketchup": {"processes": 4}}
+    config["teacher"]["train"] = {**config["teacher"].get("train", {}), "processes": 3}
+    config["students"]["small"]["pretrain"] = {"processes": 2}
+    kconfig.validate(config)
+    assert kconfig.processes(config, "student", method="kl") == 2
+    assert kconfig.processes(config, "student", method="ketchup-k4") == 4  # a K-sweep run is its method's
+    assert kconfig.processes(config, "teacher", task="xsum") == kconfig.processes(config, "teacher_outputs", "xsum") == 3
+    assert kconfig.processes(config, "pretrain", student="small") == 2
+    assert kconfig.processes(config, "grad_variance") == kconfig.processes(config, "data") == 1
+    for settings in (kconfig.optim_settings(config, "ketchup"), kconfig.teacher_settings(config, "xsum"),
+                     kconfig.pretrain_settings(config, "small"), kconfig.OPTIM_DEFAULTS, kconfig.PRETRAIN_DEFAULTS):
+        assert "processes" not in settings
+    config["teacher"]["finetune"] = False  # a teacher used as loaded only saves it: one process
+    assert kconfig.processes(config, "teacher", task="xsum") == 1
+    assert kconfig.processes(config, "teacher_outputs", task="xsum") == 3
+    config["train"]["processes"] = 0
+    _raises(config, "config key 'train.processes'")
+
+
 # --- Snakemake stops at DAG build -----------------------------------------------------------------
 
 

@@ -87,6 +87,36 @@ def test_a_supervised_job_by_hand():
     assert row["runtime_min"] == 1 and row["mem_mb"] == int(-(-(300 + 10 + 10) * 2 * 1.048576 // 1))
 
 
+def test_a_two_process_job_by_hand():
+    """The job above with train.processes 2 and epochs instead of max_steps: 8 examples in micro-batches
+    of 2 are 4 a epoch, 2 per step (one per process): 2 steps of 1 s loss + 2 s optimiser (a process's
+    time); dev, 4 examples in batches of 2 at lengths 5, 5: one batch per process, 1.75 s each, at
+    steps 0, 1, 2; test, 8 examples in 2 batches of 4: one per process. It asks for two GPUs and
+    memory for both processes; the one-process job takes twice as long to decode."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["students"] = {"s": config["students"]["tiny"]}
+    config["tasks"]["en_nl"].update(max_target_length=5)
+    config["train"] = {"batch_size": 2, "epochs": 1, "eval_every": 1, "dev_eval_examples": 4,
+                       "checkpoint_every": 10, "processes": 2}
+    config["generation"] = {"max_new_tokens": 5, "batch_size": 2}
+    split = SplitLengths((3,) * 8, (6,) * 8)
+    lengths = {"en_nl": costmodel.TaskLengths({"train": split, "dev": split, "test": split}, "hand")}
+    job = Job("student", {"task": "en_nl", "student": "s", "method": "sft", "seed": "0"}, "x", "y")
+    c = costmodel.job_counts(job, config, _cal(), lengths)
+    assert c.steps == 2 and c.dev_evals == 3
+    assert c.seconds["train_s"] == pytest.approx(2 * 3.0)
+    assert c.seconds["dev_eval_s"] == pytest.approx(3 * 1.75)
+    assert c.seconds["generation_s"] == pytest.approx(2 * 1.75)  # 4 batches of 2, two per process
+    assert c.decoded_examples == 3 * 4 + 8  # the work is all done, only shared
+    row = costmodel.plan_row(job, c, margin=2.0, processes=costmodel.job_processes(job, config))
+    assert row["processes"] == 2
+    assert row["mem_mb"] == int(-(-2 * (300 + 10 + 10) * 2 * 1.048576 // 1))
+    config["train"]["processes"] = 1
+    one = costmodel.job_counts(job, config, _cal(), lengths)
+    assert one.steps == 4 and one.seconds["dev_eval_s"] == pytest.approx(5 * 2 * 1.75)
+    assert costmodel.job_processes(job, config) == 1
+
+
 def test_an_rl_job_decodes_its_rollouts_micro_batch_by_micro_batch():
     config = yaml.safe_load(TEST_CONFIG.read_text())
     config["students"] = {"s": config["students"]["tiny"]}

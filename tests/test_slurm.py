@@ -79,8 +79,10 @@ def _local_profile(tmp: Path, partition: str) -> Path:
     defaults.pop("slurm_account", None)  # no accounting here: the plugin proceeds without -A
     defaults.update(slurm_partition=partition, mem_mb=500, runtime=30, cpus_per_task=1)
     for rule, res in profile.get("set-resources", {}).items():
-        for key in ("gpu", "gpu_model", "gres", "slurm_account"):
+        for key in ("gpu_model", "gres", "slurm_account", "tasks_per_gpu"):
             res.pop(key, None)
+        if "slurm_partition" in res:  # a GPU rule: its jobs ask for a GPU per process, and this cluster has none
+            res["gpu"] = 0
         if "slurm_partition" in res:
             res["slurm_partition"] = partition
         res.update(cpus_per_task=1, mem_mb=500, runtime=30)

@@ -234,9 +234,12 @@ def processes(config: dict[str, Any], rule: str, task: str | None = None, studen
               method: str | None = None) -> int:
     """The processes (and devices) of a job of ``rule``: student (train < method_overrides[method]),
     teacher and teacher_outputs (teacher.train < tasks[task].teacher_train), pretrain
-    (students[student].pretrain); 1 for every other rule."""
+    (students[student].pretrain); 1 for every other rule, and for a teacher used as loaded (it only
+    saves the model)."""
     if rule == "student":
         layers = _student_layers(config, method)
+    elif rule == "teacher" and not config["teacher"].get("finetune", True):
+        return 1
     elif rule in ("teacher", "teacher_outputs"):
         layers = {**config["teacher"].get("train", {}),
                   **(config["tasks"][task].get("teacher_train", {}) if task is not None else {})}

@@ -131,14 +131,16 @@ def decode_batches(split: SplitLengths, n: int, batch: int, max_new: int) -> lis
 
 
 def decode_cost(cal: dict[str, Any], model: str, split: SplitLengths, n: int, gen_batch: int,
-                max_new: int) -> tuple[float, float, int, float, float]:
+                max_new: int, processes: int = 1) -> tuple[float, float, int, float, float]:
     """(seconds, seconds at max_new_tokens, examples, predicted tokens, tokens at max_new_tokens) of
-    decoding the first ``n`` examples of a split in generation batches."""
+    decoding the first ``n`` examples of a split in generation batches. A job of several processes
+    deals the batches round-robin (ketchup.stages.generate_texts): it takes its slowest process's time."""
     lengths = decode_batches(split, n, gen_batch, max_new)
     examples = min(n, split.n)
     rows = [min(gen_batch, examples - i * gen_batch) for i in range(len(lengths))]
-    seconds = sum(decode_seconds(cal, model, gen_batch, length) for length in lengths)
-    seconds_max = len(lengths) * decode_seconds(cal, model, gen_batch, max_new)
+    seconds = max((sum(decode_seconds(cal, model, gen_batch, length) for length in lengths[rank::processes])
+                   for rank in range(processes)), default=0.0)
+    seconds_max = math.ceil(len(lengths) / processes) * decode_seconds(cal, model, gen_batch, max_new)
     tokens = float(sum(r * length for r, length in zip(rows, lengths)))
     return seconds, seconds_max, examples, tokens, float(examples * max_new)
 
@@ -147,9 +149,10 @@ def decode_cost(cal: dict[str, Any], model: str, split: SplitLengths, n: int, ge
 # Counts from the settings
 
 
-def total_steps(settings: dict[str, Any], n: int) -> int:
-    """The training loop's number of updates (ketchup.training.train, one process)."""
-    steps_per_epoch = max(1, math.ceil(n / settings["batch_size"]) // settings["grad_accum"])
+def total_steps(settings: dict[str, Any], n: int, processes: int = 1) -> int:
+    """The training loop's number of updates (ketchup.training.train): each takes grad_accum
+    micro-batches on each process."""
+    steps_per_epoch = max(1, math.ceil(n / settings["batch_size"]) // (settings["grad_accum"] * processes))
     return settings["max_steps"] or max(1, round(settings["epochs"] * steps_per_epoch))
 
 
@@ -162,8 +165,10 @@ def student_model_key(student: str) -> str:
     return f"student:{student}"
 
 
-def _add_decode(c: Counts, component: str, cal, model, split, n, gen_batch, max_new, times: int = 1) -> None:
-    seconds, seconds_max, examples, tokens, tokens_max = decode_cost(cal, model, split, n, gen_batch, max_new)
+def _add_decode(c: Counts, component: str, cal, model, split, n, gen_batch, max_new, times: int = 1,
+                processes: int = 1) -> None:
+    seconds, seconds_max, examples, tokens, tokens_max = decode_cost(cal, model, split, n, gen_batch, max_new,
+                                                                     processes)
     c.add(component, times * seconds)
     c.seconds_max += times * (seconds_max - seconds)
     c.decoded_examples += times * examples
@@ -186,11 +191,13 @@ def _add_checkpoints(c: Counts, cal: dict[str, Any], model: str, checkpoint_ever
 
 def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict[str, Any], train: SplitLengths,
                     dev: SplitLengths, gen: dict[str, Any], max_source: int, max_target: int,
-                    rollout_target: int) -> Counts:
-    """A training job (teacher, pretrain or student) without its startup and final predictions."""
+                    rollout_target: int, processes: int = 1) -> Counts:
+    """A training job (teacher, pretrain or student) without its startup and final predictions. With
+    several processes, a step's time is one process's (its grad_accum micro-batches; the gradients'
+    all-reduce is not counted), its rollouts every process's, its dev evaluation shared."""
     c = Counts()
     bs, accum = settings["batch_size"], settings["grad_accum"]
-    c.steps = total_steps(settings, train.n)
+    c.steps = total_steps(settings, train.n, processes)
     pad = grouped_max if settings.get("group_by_length") else expected_max
     s_hat, t_hat = pad(train.source, bs, max_source), pad(train.target, bs, max_target)
     unit = LOSS_UNIT[family]
@@ -206,7 +213,7 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
             passes, updates = epochs + 1, epochs * parts
         # The rollouts replace the targets: as long as the data's targets, up to max_target_length.
         roll_len = expected_max(train.target, bs, rollout_target)
-        c.rollouts = micro * bs
+        c.rollouts = micro * bs * processes
         c.add("rollout_s", micro * decode_seconds(cal, model, bs, roll_len))
         c.seconds_max += micro * (decode_seconds(cal, model, bs, rollout_target)
                                   - decode_seconds(cal, model, bs, roll_len))
@@ -214,7 +221,7 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
     elif family == "divergence" and settings.get("two_source"):
         rows = bs - (bs + 1) // 2 if bs > 1 else 1  # ketchup.methods.split_for_two_sources
         roll_len = expected_max(train.target, rows, rollout_target)
-        c.rollouts = micro * rows
+        c.rollouts = micro * rows * processes
         c.add("rollout_s", micro * decode_seconds(cal, model, rows, roll_len))
         c.seconds_max += micro * (decode_seconds(cal, model, rows, rollout_target)
                                   - decode_seconds(cal, model, rows, roll_len))
@@ -223,7 +230,7 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
     c.dev_evals = dev_evaluations(c.steps, settings["eval_every"])
     _add_checkpoints(c, cal, model, settings["checkpoint_every"])
     _add_decode(c, "dev_eval_s", cal, model, dev, settings["dev_eval_examples"], gen["batch_size"],
-                gen["max_new_tokens"], times=c.dev_evals)
+                gen["max_new_tokens"], times=c.dev_evals, processes=processes)
     return c
 
 
@@ -270,6 +277,7 @@ def _student(w, config, cal, lengths) -> Counts:
     gen = _gen(config, task)
     splits = lengths[task].splits
     model = student_model_key(student)
+    processes = kconfig.processes(config, "student", task=task, student=student, method=w["method"])
     if m.family == "untrained":
         c = Counts()
         c.add("other_s", _unit(cal, model, "save_s"))
@@ -278,12 +286,13 @@ def _student(w, config, cal, lengths) -> Counts:
         if m.ppo:
             rl = kconfig.rl_settings(config, method)
             settings["ppo"] = (rl["ppo_epochs"], rl["ppo_minibatches"])
-        c = training_counts(cal, model, m.family, settings, splits["train"], splits["dev"], gen, src, tgt, tgt)
+        c = training_counts(cal, model, m.family, settings, splits["train"], splits["dev"], gen, src, tgt, tgt,
+                            processes)
     # Loads: the start (init or pretrained model), the teacher where the method runs it, the saved
     # model that writes the test predictions.
     c.add("other_s", 2 * _unit(cal, model, "load_s") + (_unit(cal, "teacher", "load_s") if m.needs_teacher else 0.0))
     _add_decode(c, "generation_s", cal, model, splits["test"], splits["test"].n, gen["batch_size"],
-                gen["max_new_tokens"])
+                gen["max_new_tokens"], processes=processes)
     return c
 
 
@@ -294,7 +303,7 @@ def _teacher(w, config, cal, lengths) -> Counts:
     src, tgt = kconfig.task_lengths(config, task)
     splits = lengths[task].splits
     c = training_counts(cal, "teacher", "supervised", kconfig.teacher_settings(config, task), splits["train"],
-                        splits["dev"], _gen(config, task), src, tgt, tgt)
+                        splits["dev"], _gen(config, task), src, tgt, tgt, kconfig.processes(config, "teacher", task))
     return c
 
 
@@ -302,7 +311,8 @@ def _teacher_outputs(w, config, cal, lengths) -> Counts:
     c = Counts()
     split = lengths[w["task"]].splits[w["split"]]
     gen = _gen(config, w["task"])
-    _add_decode(c, "generation_s", cal, "teacher", split, split.n, gen["batch_size"], gen["max_new_tokens"])
+    _add_decode(c, "generation_s", cal, "teacher", split, split.n, gen["batch_size"], gen["max_new_tokens"],
+                processes=kconfig.processes(config, "teacher_outputs", w["task"]))
     c.add("other_s", _unit(cal, "teacher", "load_s"))
     return c
 
@@ -438,7 +448,14 @@ def family_of(job: Job, config: dict[str, Any]) -> str:
     return registry.get(method).family
 
 
-def plan_row(job: Job, c: Counts, margin: float) -> dict[str, Any]:
+def job_processes(job: Job, config: dict[str, Any]) -> int:
+    """The job's processes, each on a GPU of its own (config key ``processes``; 1 for most rules)."""
+    w = job.wildcards
+    return kconfig.processes(config, job.rule, task=w.get("task"), student=w.get("student"), method=w.get("method"))
+
+
+def plan_row(job: Job, c: Counts, margin: float, processes: int = 1) -> dict[str, Any]:
+    """A job's row; ``mem_mb`` holds all its processes (each loads its models)."""
     w = job.wildcards
     return {
         "rule": job.rule, "output": job.output, "benchmark": job.benchmark,
@@ -447,7 +464,7 @@ def plan_row(job: Job, c: Counts, margin: float) -> dict[str, Any]:
         "predicted_s": round(c.total, 3), "predicted_max_s": round(max(c.seconds_max, c.total), 3),
         "predicted_peak_mib": round(c.peak_mib, 1),
         "runtime_min": max(1, math.ceil(c.total * margin / 60)),
-        "mem_mb": max(1, math.ceil(c.peak_mib * margin * 1.048576)),
+        "mem_mb": max(1, math.ceil(processes * c.peak_mib * margin * 1.048576)), "processes": processes,
         "steps": c.steps, "dev_evals": c.dev_evals, "decoded_examples": c.decoded_examples,
         "decoded_tokens": round(c.decoded_tokens), "decoded_tokens_max": round(c.decoded_tokens_max),
         "rollouts": c.rollouts, **{k: round(v, 3) for k, v in c.seconds.items()},

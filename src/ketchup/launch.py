@@ -55,11 +55,16 @@ def take_devices(processes: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ketchup.launch", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m ketchup.launch", usage="%(prog)s [--processes N] -m MODULE ARGS...",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, default=1, help="processes (and devices) of the job")
-    parser.add_argument("-m", dest="module", required=True, help="the module to run, as python -m")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
-    args = parser.parse_args(argv)
+    # Everything after `-m MODULE` is the module's, as with python -m.
+    split = argv.index("-m") if "-m" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    if split + 1 >= len(argv):
+        parser.error("-m MODULE is required")
+    args.module, args.args = argv[split + 1], argv[split + 2:]
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     try:

@@ -14,7 +14,7 @@ from ketchup.config import calculator_on, generation_settings, task_lengths as c
 from ketchup.costmodel import COMPONENTS, Job, SplitLengths, TaskLengths
 
 COLUMNS = ["rule", "output", "benchmark", "wildcards", "task", "student", "method", "predicted_s", "predicted_max_s",
-           "predicted_peak_mib", "runtime_min", "mem_mb", "steps", "dev_evals", "decoded_examples", "decoded_tokens",
+           "predicted_peak_mib", "runtime_min", "mem_mb", "processes", "steps", "dev_evals", "decoded_examples", "decoded_tokens",
            "decoded_tokens_max", "rollouts", *COMPONENTS]
 
 # The settings that set each component's size (the summary names them for the largest shares).
@@ -55,7 +55,8 @@ def data_lengths(config: dict[str, Any], task: str, data_dir: str | Path, tokeni
 
 def plan_rows(config: dict[str, Any], cal: dict[str, Any], jobs: list[Job], lengths: dict[str, TaskLengths],
               margin: float, startup: str = "cold") -> list[dict[str, Any]]:
-    return [costmodel.plan_row(job, costmodel.job_counts(job, config, cal, lengths, startup), margin) for job in jobs]
+    return [costmodel.plan_row(job, costmodel.job_counts(job, config, cal, lengths, startup), margin,
+                               costmodel.job_processes(job, config)) for job in jobs]
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -95,12 +96,14 @@ def summary(rows: list[dict[str, Any]], config: dict[str, Any], cal: dict[str, A
     total = total_s / 3600 or 1e-12
     upper = sum(float(r["predicted_max_s"]) for r in rows) / 3600
     model_rules = costmodel.MODEL_RULES
-    device_h = sum(float(r["predicted_s"]) for r in rows if r["rule"] in model_rules) / 3600
+    # A job of N processes holds N devices for its time.
+    device_h = sum(float(r["predicted_s"]) * int(r.get("processes") or 1) for r in rows if r["rule"] in model_rules) / 3600
     where = "CPU-extrapolated from smaller shapes, not a GPU figure" if cal.get("extrapolated") else "measured"
     lines = [
         "# What this run costs (predicted)", "",
         f"Target `{target}`: {len(rows)} jobs, {total:.3g} hours in all if run one after another "
-        f"({device_h:.3g} h in the jobs that train or decode: {', '.join(sorted(model_rules))}).",
+        f"({device_h:.3g} device-hours in the jobs that train or decode: {', '.join(sorted(model_rules))}; "
+        "a job of N processes counts N devices).",
         f"Upper bound, every decode running to max_new_tokens: {upper:.3g} hours.", "",
         f"Calibration: {cal['device']}, torch {cal['torch']}, median of {cal['repeats']} timings per unit; "
         f"{where}.",
