@@ -76,8 +76,8 @@ def _command(workdir: Path, stage: str, target: str) -> list[str]:
     ``workdir`` (a dry run also lists upstream jobs whose settings changed: only ``stage``'s counts)."""
     out = subprocess.run(["snakemake", "-n", "-p", "-f", target, "--cores", "1", "-d", str(workdir),
                           "-s", str(REPO / "Snakefile")], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if f"python -m ketchup --threads 1 {stage} " in l)
-    return shlex.split(line.split("python -m ketchup", 1)[1].split(" > ")[0])
+    line = next(l for l in out.splitlines() if f" -m ketchup --threads 1 {stage} " in l)
+    return shlex.split(line.split(" -m ketchup ", 1)[1].split(" > ")[0])
 
 
 def _arg(args: list[str], name: str) -> str:

@@ -178,8 +178,10 @@ def test_slurm_profile_marks_site_values():
     assert "EDIT" in defaults["slurm_account"] and "EDIT" in defaults["slurm_partition"]
     assert defaults["cpus_per_task"] == 1
     assert {"retries", "latency-wait", "rerun-incomplete", "jobs"} <= set(profile)
-    gpu_rules = {rule for rule, res in profile["set-resources"].items() if res.get("gpu") or "gres" in res}
+    # The GPU rules ask for their GPUs themselves (one per process); the profile runs each job as one task.
+    gpu_rules = {rule for rule, res in profile["set-resources"].items() if res.get("tasks_per_gpu") == 0}
     assert gpu_rules == GPU_RULES
+    assert not [rule for rule, res in profile["set-resources"].items() if "gpu" in res or "gres" in res]
 
 
 def _sbatch(rule: str, resources: dict[str, str], threads: int = 1) -> str:
@@ -213,6 +215,7 @@ def test_slurm_profile_gives_gpus_to_training_and_generation_only(name, tmp_path
             assert res["gpu"] == "1" and res["slurm_partition"] == "EDIT-gpu-partition", (rule, res)
             assert int(res["cpus_per_task"]) > 1 and int(res["mem_mb"]) >= 32000, (rule, res)
             assert "--gpus=1" in sbatch and "-p EDIT-gpu-partition" in sbatch, sbatch
+            assert "--ntasks-per-gpu" not in sbatch, sbatch  # one task, whatever the GPUs
         else:
             assert not {"gpu", "gpu_model", "gres"} & set(res), (rule, res)
             assert res["slurm_partition"] == "EDIT-cpu-partition" and res["cpus_per_task"] == "1", (rule, res)
@@ -221,6 +224,22 @@ def test_slurm_profile_gives_gpus_to_training_and_generation_only(name, tmp_path
     assert GPU_RULES - {"pretrain", "plan_calibrate"} <= seen and {"data", "score_student", "score_teacher", "main_table"} <= seen
     if name == "test.yaml":  # models built from config: a trained tokenizer, a pretrained student
         assert {"tokenizer", "pretrain"} <= seen
+
+
+def test_a_job_of_two_processes_asks_slurm_for_one_task_with_two_gpus(tmp_path):
+    """train.processes 2: the student jobs ask for gpu=2, which the plugin submits as --gpus=2 in one
+    task (tasks_per_gpu 0; by default it would start one task per GPU, running the job twice)."""
+    config = yaml.safe_load((CONFIGS / "test.yaml").read_text())
+    config["train"]["processes"] = 2
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--profile", str(PROFILES / "slurm"), "--configfile", str(path), "--directory", str(tmp_path),
+                    "results/predictions/en_nl/tiny/kl/seed0.jsonl", cwd=tmp_path)
+    jobs = dict(dry_run_jobs(out))
+    assert jobs["student"]["gpu"] == "2" and jobs["teacher"]["gpu"] == "1", jobs
+    sbatch = _sbatch("student", jobs["student"])
+    assert "--gpus=2" in sbatch and "--ntasks-per-gpu" not in sbatch and "--ntasks=" not in sbatch, sbatch
+    assert "ketchup.launch --processes 2 -m ketchup" in out
 
 
 def test_workstation_profile_caps_concurrent_gpu_jobs(tmp_path):

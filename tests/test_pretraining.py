@@ -217,7 +217,7 @@ def test_the_workflow_gives_students_their_model_block_and_whether_they_are_pret
                           "results/models/students/en_nl/tiny/sft/seed0"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    (line,) = [l for l in run.stdout.splitlines() if "python -m ketchup --threads 1 student " in l]
+    (line,) = [l for l in run.stdout.splitlines() if "-m ketchup --threads 1 student " in l]
     args = shlex.split(line.split(" > ")[0])
     spec = json.loads(args[args.index("--spec") + 1])
     assert spec["pretrained"] is True and "pretrain" not in spec["model"] and "config" in spec["model"]
