@@ -67,6 +67,11 @@ def _shares(log: str, desc: str) -> list[tuple[int, int, int]]:
                   re.findall(rf"{re.escape(desc)}: process (\d+) of 2 decoded (\d+) of (\d+) examples", log))
 
 
+def _copy_results(source: Path, target: Path, parts: tuple[str, ...]) -> None:
+    for part in parts:
+        shutil.copytree(source / "results" / part, target / "results" / part, symlinks=True)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same student run by one process accumulating two micro-batches and by two processes."""
@@ -74,6 +79,8 @@ def runs(tmp_path_factory):
     out = {}
     for name, processes, accum in (("one", 1, 2), ("two", 2, 1)):
         out[name] = root / name
+        if name == "two":  # the data, tokenizer and (untrained) teacher of the first run: the same files
+            _copy_results(out["one"], out[name], ("data", "tokenizer", "models/teacher"))
         snakemake(out[name], _config(root, processes, accum), PREDICTIONS, env={"OMP_NUM_THREADS": "1"})
     out["config-two"] = root / "config-2.yaml"
     return out
@@ -132,8 +139,7 @@ def test_a_job_whose_process_dies_fails_and_its_rerun_resumes(runs, tmp_path):
     within a minute, leaves neither model nor predictions, and the rerun resumes from the checkpoint
     to the bytes of the uninterrupted run."""
     config, run, tag = runs["config-two"], tmp_path / "killed", uuid.uuid4().hex
-    for part in ("data", "tokenizer", "models/teacher", "teacher_outputs"):  # the 2-process run's, as they are
-        shutil.copytree(runs["two"] / "results" / part, run / "results" / part, symlinks=True)
+    _copy_results(runs["two"], run, ("data", "tokenizer", "models/teacher", "teacher_outputs"))
     snakemake(run, config, "results/teacher_outputs/en_nl/train.jsonl")
     cmd = [str(SNAKEMAKE), "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(run), "--cores", "2",
            PREDICTIONS, "--configfile", str(config)]

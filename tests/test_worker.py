@@ -34,6 +34,12 @@ def main_of(module):
             open(argv[0], "w").write(os.getcwd() + "|" + os.environ.get(argv[1], "-"))
             return 3
         return where
+    if module == "locks":
+        def locks(argv):
+            fds = [int(fd) for fd in os.environ.get("KETCHUP_DEVICE_FDS", "").split(",") if fd]
+            open(argv[0], "w").write(",".join(os.readlink(f"/proc/self/fd/{fd}") for fd in fds))
+            return 0
+        return locks
     if module == "sleep":
         def sleep(argv):
             open(argv[0], "w").write("started")
@@ -118,6 +124,19 @@ def test_the_job_gets_the_clients_directory_and_environment(server, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(KETCHUP_PROBE="from-the-job"), timeout=60)
     assert done.returncode == 3
     assert out.read_text() == f"{tmp_path}|from-the-job"
+
+
+def test_the_job_holds_the_clients_device_locks(server, tmp_path):
+    """A job's devices (ketchup.devices) are held by the forked child too, under its own descriptors,
+    so they stay taken until the job itself ends."""
+    out = tmp_path / "locks.txt"
+    script = ("import os, sys; from ketchup import devices; from ketchup.worker import delegate; "
+              "ids, fds = devices.take(2, ['d0', 'd1']); os.environ[devices.FDS_ENV] = ','.join(map(str, fds)); "
+              f"sys.exit(delegate({server!r}, 'locks', [{str(out)!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], env=_env(KETCHUP_DEVICE_LOCKS=str(tmp_path / "locks")),
+                          timeout=60)
+    assert done.returncode == 0
+    assert out.read_text() == f"{tmp_path}/locks/d0.lock,{tmp_path}/locks/d1.lock"
 
 
 def test_killing_the_job_kills_its_child(server, tmp_path):
