@@ -109,6 +109,9 @@ def serve(address: str, preload: tuple[str, ...] = PRELOAD, parent: int | None =
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_sockaddr(address))  # bound before the imports: early jobs wait instead of importing too
     listener.listen(128)
+    # A CUDA check while importing must not initialise CUDA here: a forked job could not use it, nor
+    # run on the devices it took (ketchup.devices). NVML answers such checks without initialising it.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     from ketchup.runtime import import_quietly
 
     import_quietly(*preload)
