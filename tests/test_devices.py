@@ -120,9 +120,11 @@ def test_workstation_jobs_never_share_a_device(tmp_path, gpus):
 
 def test_a_job_killed_with_sigkill_frees_its_device_for_the_next(tmp_path):
     """One fake device, two jobs Snakemake starts at once: job 0 takes the device and dies by SIGKILL;
-    job 1, which asked later, waits for it and gets it once job 0 is gone."""
-    run = _snakemake(tmp_path / "run", tmp_path, {"jobs": 2, "delays": {1: 2}}, "gpu=2", KETCHUP_DEVICES="solo",
-                     PROBE_SECONDS="2", PROBE_DIE="0")
+    job 1 asks for it once job 0 has recorded its run (just before its SIGKILL), and gets it once job 0
+    is gone (with the device still held, it would wait until the run's timeout)."""
+    config = {"jobs": 2, "after": {"1": "out/killed-0.json"}}
+    run = _snakemake(tmp_path / "run", tmp_path, config, "gpu=2", KETCHUP_DEVICES="solo", PROBE_SECONDS="1",
+                     PROBE_DIE="0")
     assert run.returncode != 0  # job 0 failed (keep-going: job 1 still ran)
     out = tmp_path / "run" / "out"
     killed, survivor = json.loads((out / "killed-0.json").read_text()), json.loads((out / "1.json").read_text())
