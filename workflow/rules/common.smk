@@ -9,6 +9,7 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
 from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import tokenizer_match as ktokmatch  # noqa: E402  (tokenizers and json only)
 from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
@@ -24,6 +25,9 @@ try:
         config.clear()
         config.update(resolved)
     kconfig.validate(config)
+    # A local model folder that is missing, or a local student whose tokenizer is not the run's,
+    # stops the DAG build naming the config key (hub models: the student job checks them).
+    ktokmatch.check_local_models(config)
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
