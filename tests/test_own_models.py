@@ -33,15 +33,18 @@ def save_model(folder, tokenizer, seed: int = 0) -> None:
     tokenizer.save_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def tokenizers_():
-    """The task's tokenizer (with T5's sentinels, so the default's sizes can be pretrained) and
-    another of the same size, trained on other text: same length, other token-to-id map."""
+def task_tokenizer(upper: bool = False):
+    """A tokenizer trained on en_nl text (upper-cased: another token-to-id map), with T5's 32
+    sentinels, so the default's student sizes can be pretrained with it."""
     from ketchup.tokenizer import train_tokenizer
 
-    texts = en_nl_texts()
-    task = train_tokenizer(texts, 150, sentinels=32)
-    other = train_tokenizer([t.upper() for t in texts], 150, sentinels=32)
+    return train_tokenizer([t.upper() if upper else t for t in en_nl_texts()], 150, sentinels=32)
+
+
+@pytest.fixture(scope="module")
+def tokenizers_():
+    """The task's tokenizer and another of the same size: same length, other token-to-id map."""
+    task, other = task_tokenizer(), task_tokenizer(upper=True)
     assert len(task) == len(other)
     return task, other
 
@@ -160,3 +163,28 @@ def test_student_with_another_tokenizer_stops_before_any_work(tokenizers_, tmp_p
     assert "config key 'students.mine.name_or_path'" in message and str(tmp_path / "student") in message
     assert str(tmp_path / "teacher") in message and f"id {first} is {task.convert_ids_to_tokens(first)!r}" in message
     assert not out.exists() and not (tmp_path / "ckpt").exists() and not (tmp_path / "p.jsonl").exists()
+
+
+# --- the DAG build -------------------------------------------------------------------------------------
+
+
+def test_dag_build_stops_at_a_local_student_with_another_tokenizer_or_a_missing_folder(tokenizers_, tmp_path):
+    task, other = tokenizers_
+    save_model(tmp_path / "models" / "teacher", task)
+    save_model(tmp_path / "models" / "other", other, seed=1)
+    (tmp_path / "config.yaml").write_text((REPO_ROOT / "config.yaml").read_text())
+    variant = {"extends": "config.yaml", "tokenizer": {"kind": "pretrained"},
+               "teacher": {"model": {"name_or_path": "./models/teacher"}},
+               "students": {"small": {"name_or_path": "./models/other"}}}
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(variant))
+    proc = snakemake(tmp_path, tmp_path / "v.yaml", "-n", "results/tables/main.csv", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key 'students.small.name_or_path'" in out and "models/other" in out
+    assert "models/teacher" in out and "the first id that differs" in out
+    variant["students"]["small"]["name_or_path"] = "./models/no-such-student"
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(variant))
+    proc = snakemake(tmp_path, tmp_path / "v.yaml", "-n", "results/tables/main.csv", check=False)
+    assert proc.returncode != 0 and not (tmp_path / "results").exists()
+    assert "config key 'students.small.name_or_path': './models/no-such-student' is not a folder" in (
+        proc.stdout + proc.stderr)
