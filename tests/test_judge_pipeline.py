@@ -196,7 +196,8 @@ def test_judge_target_fails_fast(tmp_path, case, reason):
     judge = {"enabled": False}
     key = None
     if case != "disabled":
-        judge = {"enabled": True, "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": KEY_ENV,
+        # not a loopback address, so a key is needed (nothing is ever sent there)
+        judge = {"enabled": True, "base_url": "https://judge.example.com/v1", "model": "m", "api_key_env": KEY_ENV,
                  "baseline": BASELINE}
     if case == "bad-baseline":
         judge["baseline"] = "kl"  # not among the configured methods

@@ -40,7 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 import openai
 
 from .cache import JudgeCache, cache_key
-from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, JudgeTransportError, get_api_key, load_config
+from .config import (NO_KEY, JudgeAPIError, JudgeConfig, JudgeConfigError, JudgeTransportError, get_api_key,
+                     load_config)
 
 __all__ = ["JudgeClient", "Judgement", "JudgeConfigError", "JudgeAPIError", "JudgeTransportError"]
 
@@ -96,7 +97,7 @@ class JudgeClient:
         if not self.cfg.base_url or not self.cfg.model:
             raise JudgeConfigError("judge.base_url and judge.model must be set to use the LLM judge")
         key = get_api_key(self.cfg)
-        self._secret = key  # kept only to scrub error texts
+        self._secret = key if key != NO_KEY else None  # kept only to scrub error texts
         self._client = openai.AsyncOpenAI(
             base_url=self.cfg.base_url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from ketchup.config import ConfigError, schema_defaults, validate_block
 
@@ -34,7 +36,7 @@ class JudgeConfig:
     enabled: bool = _DEFAULTS["enabled"]
     base_url: str | None = _DEFAULTS["base_url"]
     model: str | None = _DEFAULTS["model"]
-    api_key_env: str = _DEFAULTS["api_key_env"]
+    api_key_env: str | None = _DEFAULTS["api_key_env"]  # None: a keyless server
     temperature: float = _DEFAULTS["temperature"]
     max_tokens: int = _DEFAULTS["max_tokens"]
     n_examples: int | None = _DEFAULTS["n_examples"]  # None or <= 0: every example
@@ -77,18 +79,43 @@ def load_config(cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
     return JudgeConfig(**kw)
 
 
+NO_KEY = "EMPTY"  # sent where no key is needed: the OpenAI client refuses an empty one (vLLM's convention)
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """Whether ``base_url`` is on this machine: ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = urlsplit(base_url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def needs_key(cfg: JudgeConfig) -> bool:
+    """A server on a loopback address, or one the config marks keyless (``api_key_env: null``), needs
+    no key; every other one does."""
+    return cfg.api_key_env is not None and not is_loopback(cfg.base_url)
+
+
+def _env_key(cfg: JudgeConfig) -> str:
+    return os.environ.get(cfg.api_key_env, "").strip() if cfg.api_key_env else ""
+
+
 def get_api_key(cfg: JudgeConfig) -> str:
-    """The API key, read only from ``os.environ[cfg.api_key_env]``."""
+    """The API key, read only from ``os.environ[cfg.api_key_env]``; where no key is needed
+    (``needs_key``) and none is set, a placeholder."""
+    key = _env_key(cfg)
+    if key or not needs_key(cfg):
+        return key or NO_KEY
     env = cfg.api_key_env
-    key = os.environ.get(env, "")
-    if not key.strip():
-        raise JudgeConfigError(
-            f"The LLM judge reads its API key from the environment variable {env} "
-            f"(judge.api_key_env), but {env} is not set or empty. "
-            f"Run `export {env}=<your key>` before starting the pipeline "
-            f"(for a local OpenAI-compatible server that ignores keys, any non-empty value works)."
-        )
-    return key.strip()
+    raise JudgeConfigError(
+        f"The LLM judge reads its API key from the environment variable {env} "
+        f"(judge.api_key_env), but {env} is not set or empty. "
+        f"Run `export {env}=<your key>` before starting the pipeline "
+        f"(a server on a loopback address, or with judge.api_key_env: null, needs no key)."
+    )
 
 
 def _enable_howto(env: str) -> str:
@@ -98,14 +125,16 @@ def _enable_howto(env: str) -> str:
         "  2. set `judge.base_url` (an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
         "http://localhost:8000/v1 for a local vLLM server) and `judge.model`;\n"
         f"  3. export the API key in the environment variable named by `judge.api_key_env` "
-        f"(currently {env}): `export {env}=<your key>`."
+        f"(currently {env}): `export {env}=<your key>` (not needed for a server on a loopback address, or "
+        "with `judge.api_key_env: null` for a server that takes no key)."
     )
 
 
 def check_enabled(judge_cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeConfig:
     """Raise :class:`JudgeConfigError` (saying how to enable it) unless the judge can run.
 
-    Checks ``enabled``, ``base_url``, ``model`` and that the key variable is set. Makes no request.
+    Checks ``enabled``, ``base_url``, ``model`` and that the key variable is set where a key is
+    needed (``needs_key``). Makes no request.
     Returns the validated config.
     """
     c = load_config(judge_cfg)
@@ -116,7 +145,7 @@ def check_enabled(judge_cfg: Mapping[str, Any] | JudgeConfig | None) -> JudgeCon
         problems.append("judge.base_url is not set")
     if not c.model:
         problems.append("judge.model is not set")
-    if not os.environ.get(c.api_key_env, "").strip():
+    if needs_key(c) and not _env_key(c):
         problems.append(f"the environment variable {c.api_key_env} (named by judge.api_key_env) is not set")
     if problems:
         raise JudgeConfigError(
