@@ -43,7 +43,7 @@ def make_cfg(server: FakeJudgeServer | None = None, **kw) -> dict:
         "model": "fake-judge-1", "api_key_env": KEY_ENV, "temperature": 0.0, "max_tokens": 64,
         "n_examples": 0, "seed": 13, "baseline": "kl", "concurrency": 4, "max_retries": 3,
         "timeout_s": 0.4, "backoff_s": 0.01, "backoff_max_s": 0.05,
-        "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0, "criteria": CRITERIA,
+        "price_per_1m_prompt_tokens": 1000.0, "price_per_1m_completion_tokens": 2000.0, "criteria": CRITERIA,
     }
     cfg.update(kw)
     return cfg
@@ -806,3 +806,19 @@ def test_run_interrupted_before_the_repair_turn_asks_again_from_the_prompt(tmp_p
         assert counts(s) == {"api_requests": 1, "cache_hits": 0} and s["repair_requests"] == 0
         assert srv.requests[2]["messages"] == srv.requests[0]["messages"]
     assert read_jsonl(out)[0]["scores"] == expected_scores(9)
+
+
+def test_money_only_where_prices_are_set(monkeypatch, tmp_path):
+    """Prices are USD per million tokens, none by default: no cost then (null, an empty table cell)."""
+    assert load_config({}).cost(10**6, 10**6) is None
+    assert load_config({"price_per_1m_prompt_tokens": 2.5}).cost(400_000, 10**6) == pytest.approx(1.0)
+    assert load_config({"price_per_1m_prompt_tokens": 2.5, "price_per_1m_completion_tokens": 10.0}).cost(
+        400_000, 100_000) == pytest.approx(2.0)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=5")])
+    unpriced = {k: v for k, v in make_cfg().items() if not k.startswith("price")}
+    with FakeJudgeServer() as srv:
+        summary = score_run({**unpriced, "base_url": srv.base_url}, "xsum", preds, tmp_path / "scores.jsonl",
+                            tmp_path / "cache")
+    assert summary["prompt_tokens"] > 0 and summary["cost_usd"] is None and summary["this_run"]["cost_usd"] is None
+    assert [r["cost_usd"] for r in read_jsonl(tmp_path / "scores.jsonl")] == [None]

@@ -63,7 +63,7 @@ class Judgement:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: no price set
     cached: bool = False
     cacheable: bool = True
     repairs: int = 0  # repair turns asked (0 or 1)
@@ -136,7 +136,7 @@ class JudgeClient:
         return {
             "api_requests": self.n_requests, "repair_requests": self.n_repairs, "cache_hits": self.n_cache_hits,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cfg.cost(self.prompt_tokens, self.completion_tokens), 8),
+            "cost_usd": self.cfg.cost(self.prompt_tokens, self.completion_tokens),
             "structured_output": structured,
         }
 

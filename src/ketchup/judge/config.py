@@ -47,18 +47,20 @@ class JudgeConfig:
     timeout_s: float = _DEFAULTS["timeout_s"]
     backoff_s: float = _DEFAULTS["backoff_s"]  # first retry delay; doubles each retry
     backoff_max_s: float = _DEFAULTS["backoff_max_s"]  # cap on one delay (also caps a server's Retry-After)
-    price_per_1k_prompt_tokens: float = _DEFAULTS["price_per_1k_prompt_tokens"]
-    price_per_1k_completion_tokens: float = _DEFAULTS["price_per_1k_completion_tokens"]
+    price_per_1m_prompt_tokens: float | None = _DEFAULTS["price_per_1m_prompt_tokens"]  # USD; None: no price
+    price_per_1m_completion_tokens: float | None = _DEFAULTS["price_per_1m_completion_tokens"]
     criteria: tuple[str, ...] = tuple(_DEFAULTS["criteria"])
     max_chars: int | None = _DEFAULTS["max_chars"]  # source/reference/output longer than this are cut (cost bound)
     max_invalid_fraction: float = _DEFAULTS["max_invalid_fraction"]  # more invalid judgements fail the job
     structured_output: bool = _DEFAULTS["structured_output"]  # send response_format (a JSON schema) if taken
     task_descriptions: Mapping[str, str] = field(default_factory=dict)  # task name -> text
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens / 1000.0) * self.price_per_1k_prompt_tokens + (
-            completion_tokens / 1000.0
-        ) * self.price_per_1k_completion_tokens
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """USD for these tokens, rounded to 8 decimals; None when no price is set (an unset one counts 0)."""
+        prices = (self.price_per_1m_prompt_tokens, self.price_per_1m_completion_tokens)
+        if all(p is None for p in prices):
+            return None
+        return round((prompt_tokens * (prices[0] or 0.0) + completion_tokens * (prices[1] or 0.0)) / 1e6, 8)
 
 
 
