@@ -289,17 +289,12 @@ def baseline_predictions(wildcards):
 
 
 def judge_table_inputs(wildcards):
+    """Every judge job's output (ketchup.judge.judge_runs, which the cost plan counts too)."""
     judge_ready()
-    run = ("{task}", "{student}", "{method}", "{seed}")
+    runs = kjudge.judge_runs(config)
     return {
-        "scores": expand(paths.judge_file(*run, "scores.jsonl"), task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
-        "pairwise": expand(
-            paths.judge_file(*run, "pairwise.jsonl"),
-            task=TASKS,
-            student=STUDENTS,
-            method=[m for m in METHODS if m != JUDGE_BASELINE],
-            seed=SEEDS,
-        ),
+        key: [paths.judge_file(*run, kjudge.RUN_FILES[kind]) for kind, *run in runs if kind == want]
+        for key, want in (("scores", "score"), ("pairwise", "pairwise"))
     }
 
 

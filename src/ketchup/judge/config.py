@@ -120,6 +120,19 @@ def get_api_key(cfg: JudgeConfig) -> str:
     )
 
 
+RUN_FILES = {"score": "scores.jsonl", "pairwise": "pairwise.jsonl"}  # a judge job's output, by kind
+
+
+def judge_runs(config: Mapping[str, Any]) -> list[tuple[str, str, str, str, int]]:
+    """Every judge job ``results/tables/llm_judge.csv`` needs, as (kind, task, student, method, seed):
+    the scores of every run, and the pairwise comparison of every run but judge.baseline's."""
+    baseline = (config.get("judge") or {}).get("baseline", JudgeConfig.baseline)
+    return [(kind, task, student, method, seed)
+            for kind in RUN_FILES for task in config["tasks"] for student in config["students"]
+            for method in config["methods"] for seed in config["seeds"]
+            if kind == "score" or method != baseline]
+
+
 def _enable_howto(env: str) -> str:
     return (
         "To enable the LLM judge:\n"

@@ -171,9 +171,9 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
         coros = []
         for ex_id in ids:
             r = preds[ex_id]
-            msgs = protocol.score_messages(tdesc, r.get("source", ""), r.get("reference", ""),
-                                           r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(msgs, parse, version, kind="score", response_format=rf, repair=repair))
+            for msgs in protocol.example_messages("score", tdesc, r.get("source", ""), r.get("reference", ""),
+                                                  r["prediction"], None, criteria, cfg.max_chars):
+                coros.append(jc.judge(msgs, parse, version, kind="score", response_format=rf, repair=repair))
         results: list[Judgement] = await _gather(coros)
         this_run = jc.run_stats()
 
@@ -263,16 +263,16 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
         for ex_id in ids:
             r, b = preds[ex_id], base[ex_id]
             src, ref = r.get("source", ""), r.get("reference", "")
-            m_ab = protocol.pairwise_messages(tdesc, src, ref, r["prediction"], b["prediction"], criteria, cfg.max_chars)
-            m_ba = protocol.pairwise_messages(tdesc, src, ref, b["prediction"], r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(m_ab, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
-            coros.append(jc.judge(m_ba, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
+            for msgs in protocol.example_messages("pairwise", tdesc, src, ref, r["prediction"], b["prediction"],
+                                                  criteria, cfg.max_chars):  # ab, then ba
+                coros.append(jc.judge(msgs, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
         results: list[Judgement] = await _gather(coros)
         this_run = jc.run_stats()
 
     records = []
+    per = len(protocol.PAIR_ORDERS)
     for k, ex_id in enumerate(ids):
-        j_ab, j_ba = results[2 * k], results[2 * k + 1]
+        j_ab, j_ba = results[per * k: per * (k + 1)]
         o_ab = protocol.orient(j_ab.parsed, "A") if j_ab.valid else None
         o_ba = protocol.orient(j_ba.parsed, "B") if j_ba.valid else None
         combined = protocol.combine_outcomes(o_ab, o_ba)
