@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, planned, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
 from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
@@ -120,6 +120,14 @@ def teacher_spec(wildcards):
             "seed": DATA_SEED,
         }
     )
+
+
+def teacher_resource(name):
+    """A teacher job's ``runtime`` or ``mem_mb``: its row of the cost plan, else a prompted teacher's
+    load and save sized by its weight files, or a fine-tuning job's long default (ketchup.planned).
+    A profile that sets the resource itself (profiles/workstation) overrides this."""
+    default = planned.teacher_default(name, config["teacher"]["model"], config["teacher"].get("finetune", True))
+    return lambda wildcards: planned.resource(name, "teacher", wildcards, default)
 
 
 def method_and_k(method, task):
