@@ -112,7 +112,7 @@ def test_budget_config_builds_its_dag_and_plans_within_its_budget(budget_rows):
     students = [j for j in jobs if j.rule == "student"]
     # every method of every task, size and seed, and the K sweep's runs
     assert {(j.wildcards["task"], j.wildcards["student"], j.wildcards["seed"]) for j in students} == {
-        (t, s, f"seed{x}") for t in config["tasks"] for s in config["students"] for x in config["seeds"]}
+        (t, s, str(x)) for t in config["tasks"] for s in config["students"] for x in config["seeds"]}
     assert set(config["methods"]) <= {j.wildcards["method"] for j in students}
     hours = gpucost.gpu_hours(rows)
     assert hours * TIMES["assumed"]["h100_upper_factor"] <= BUDGET_H100_GPU_HOURS, hours
