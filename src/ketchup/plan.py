@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ketchup import costmodel, registry
-from ketchup.config import calculator_on, generation_settings, task_lengths as config_lengths
+from ketchup.config import calculator_on, generation_settings, task_definition, task_lengths as config_lengths
 from ketchup.costmodel import COMPONENTS, Job, SplitLengths, TaskLengths
 
 COLUMNS = ["rule", "output", "benchmark", "wildcards", "task", "student", "method", "predicted_s", "predicted_max_s",
@@ -45,7 +45,8 @@ def data_lengths(config: dict[str, Any], task: str, data_dir: str | Path, tokeni
     prompt = config["tasks"][task].get("prompt", "")
     splits = {}
     for split in ("train", "dev", "test"):
-        examples = sources.examples(task, Path(data_dir) / f"{split}.jsonl", prompt, calculator_on(config, task))
+        examples = sources.examples(task_definition(config, task), Path(data_dir) / f"{split}.jsonl", prompt,
+                                    calculator_on(config, task))
         src = encode_sources(tokenizer, [e["source"] for e in examples], config["architecture"], max_src)
         # Targets untruncated, so a decode's predicted length can reach max_new_tokens (capped there).
         tgt = encode_targets(tokenizer, [e["target"] for e in examples], 10**9)

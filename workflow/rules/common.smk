@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, tasks as ktasks, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
 from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
@@ -81,15 +81,34 @@ def local_files(task):
     return [str(p) for p in ksources.local_split_files(task, spec)] if spec["source"] == "local" else []
 
 
-# A missing local data folder or split file stops the DAG build, naming tasks.<task>.path.
+# A missing local data folder or split file, or a field the task reads missing from the first records
+# of one, stops the DAG build, naming tasks.<task>.path or the file, the line and tasks.<task>.fields.
 try:
     LOCAL_FILES = {task: local_files(task) for task in TASKS}
+    for _task in TASKS:
+        if task_cfg(_task)["source"] == "local":
+            ksources.check_local_fields(_task, task_cfg(_task))
 except DataError as exc:
     raise WorkflowError(str(exc))
 
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
+
+
+# Each task's definition over its preset (ketchup.tasks), and the parts of it each kind of job needs,
+# so that, e.g., editing the judge's description reruns no training.
+TASK_DEFS = {task: kconfig.task_definition(config, task) for task in TASKS}
+TASK_INFO = as_json({task: ktasks.info(tdef) for task, tdef in TASK_DEFS.items()})
+TRAIN_KEYS = (*ktasks.READ_KEYS, "primary_metric", "answer")
+
+
+def task_def(task, keys):
+    return ktasks.subset(TASK_DEFS[task], keys)
+
+
+def task_def_json(keys):
+    return lambda wildcards: as_json(task_def(wildcards.task, keys))
 
 
 def lengths(task):
@@ -113,6 +132,7 @@ def teacher_spec(wildcards):
             **task_spec(wildcards.task),
             **tokenizer_spec(),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
+            "task_def": task_def(wildcards.task, TRAIN_KEYS),
             "model": config["teacher"]["model"],
             "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
@@ -139,6 +159,7 @@ def student_spec(wildcards):
         {
             **task_spec(wildcards.task),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
+            "task_def": task_def(wildcards.task, TRAIN_KEYS),
             "student": wildcards.student,
             "method": method,
             "model": student_model(wildcards.student),
@@ -195,6 +216,7 @@ def pretrain_spec_of(task, student):
         "model": student_model(student),
         "pretrain": kconfig.pretrain_settings(config, student),
         "calculator": kconfig.calculator_on(config, task),
+        "task_def": task_def(task, ktasks.READ_KEYS),
         "seed": DATA_SEED,
     }
 
@@ -245,7 +267,16 @@ import re  # noqa: E402
 from ketchup import judge as kjudge  # noqa: E402  (light import: no openai at DAG-build time)
 
 JUDGE = config.get("judge", {})
-JUDGE_SPEC = as_json(JUDGE)
+# Each task's description for the judge; judge.task_descriptions replaces it.
+JUDGE_SPEC = as_json(
+    {
+        **JUDGE,
+        "task_descriptions": {
+            **{task: tdef["description"] for task, tdef in TASK_DEFS.items()},
+            **JUDGE.get("task_descriptions", {}),
+        },
+    }
+)
 JUDGE_BASELINE = JUDGE.get("baseline", kjudge.JudgeConfig.baseline)
 JUDGE_CACHE = paths.JUDGE_CACHE
 JUDGE_PROMPTS = Path(workflow.basedir) / "src" / "ketchup" / "judge" / "prompts"
