@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "description": "produce the output the reference gives for the source text",
 }
 
+# What says which task it is: a preset gives these only to the task of its own name (a de_en task
+# with preset: en_nl is not "EN-NL", nor described as English to Dutch).
+IDENTITY_KEYS = ("title", "description")
 # What the stages that read records need (how a record becomes {source, target}), and what scoring needs.
 READ_KEYS = ("fields", "answer_format")
 SCORE_KEYS = ("metrics", "primary_metric", "answer")
@@ -73,14 +76,16 @@ def preset_name(name: str, block: dict[str, Any]) -> str | None:
 
 def resolve(name: str, block: dict[str, Any] | None = None) -> dict[str, Any]:
     """The task's full definition: defaults < preset < the config's block, plus ``name`` and ``title``
-    (default: the name) and ``primary_metric`` (default: the first metric). Idempotent."""
+    (default: the name) and ``primary_metric`` (default: the first of the block's metrics, else the
+    preset's). Idempotent."""
     block = dict(block or {})
     preset = preset_name(name, block)
-    out = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(PRESETS.get(preset, {})), **copy.deepcopy(block)}
+    inherited = {k: v for k, v in PRESETS.get(preset, {}).items() if preset == name or k not in IDENTITY_KEYS}
+    out = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(inherited), **copy.deepcopy(block)}
     out["name"] = name
     out.setdefault("title", name)
-    if out.get("metrics") and "primary_metric" not in out:
-        out["primary_metric"] = out["metrics"][0]
+    if out.get("metrics") and ("primary_metric" not in out or ("metrics" in block and "primary_metric" not in block)):
+        out["primary_metric"] = out["metrics"][0]  # a task's own metrics replace the preset's primary too
     return out
 
 
