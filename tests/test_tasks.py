@@ -165,7 +165,7 @@ def test_docs_question_answering_task_from_csv_end_to_end(tmp_path):
                                               else f"predictions/add_words/{pred}.jsonl"))
         metrics = json.loads((work / "results/metrics/add_words" / ("teacher.json" if method == "teacher"
                                                                      else f"{pred}.json")).read_text())
-        assert list(metrics["metrics"]) == ["accuracy", "chrf"]
+        assert set(metrics["metrics"]) == {"accuracy", "chrf"}
         hits = [100.0 * (_normalised(r["prediction"]) == _normalised(r["reference"])) for r in rows]
         assert metrics["per_example"] == {r["id"]: h for r, h in zip(rows, hits)}
         assert metrics["metrics"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
@@ -211,7 +211,7 @@ def test_translation_pair_of_ones_own_scored_by_chrf(tmp_path, jsonl_writer):
     assert [r["source"] for r in rows[:2]] == ["translate German to English: Der groß Hund.",
                                                "translate German to English: Der klein Hund."]
     metrics = json.loads((work / "results/metrics/de_en/tiny/kl/seed0.json").read_text())
-    assert list(metrics["metrics"]) == ["chrf", "bleu"]
+    assert set(metrics["metrics"]) == {"chrf", "bleu"}
     assert metrics["per_example"] == {
         r["id"]: pytest.approx(sacrebleu.sentence_chrf(r["prediction"], [r["reference"]]).score) for r in rows}
     sig = pd.read_csv(work / "results/tables/significance.csv")
