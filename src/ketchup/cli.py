@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task_def(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task-def", type=json_spec, default=None,
+    p.add_argument("--task-spec", type=json_spec, default=None,
                    help="the task's definition, or the part of it the stage needs (JSON; default: the preset --task)")
 
 
@@ -147,7 +147,7 @@ def _data(args: argparse.Namespace) -> None:
 def _tokenizer(args: argparse.Namespace) -> None:
     from ketchup import stages, tasks
 
-    stages.tokenizer(task=tasks.named(args.task, args.task_def), data_dir=args.data, prompt=args.prompt,
+    stages.tokenizer(task=tasks.named(args.task, args.task_spec), data_dir=args.data, prompt=args.prompt,
                      vocab_size=args.vocab_size, out_dir=args.out, calculator=args.calculator, sentinels=args.sentinels)
 
 
@@ -177,7 +177,7 @@ def _generate(args: argparse.Namespace) -> None:
     import_quietly(*MODEL_MODULES)
     from ketchup import stages, tasks
 
-    stages.outputs(task=tasks.named(args.task, args.task_def), arch=args.arch, model_dir=args.model,
+    stages.outputs(task=tasks.named(args.task, args.task_spec), arch=args.arch, model_dir=args.model,
                    data_path=args.data, prompt=args.prompt, gen=args.generation, max_source_length=args.max_source_length, out_path=args.out,
                    teacher=args.teacher, teacher_dtype_setting=args.teacher_dtype)
 
@@ -197,7 +197,7 @@ def _student(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from ketchup.scoring import score
 
-    score(args.task, args.predictions, args.out, args.task_def)
+    score(args.task, args.predictions, args.out, args.task_spec)
 
 
 def _table(args: argparse.Namespace) -> None:

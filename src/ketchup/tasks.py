@@ -101,7 +101,7 @@ def named(name: str, task_def: dict[str, Any] | None) -> dict[str, Any]:
         from ketchup.config import ConfigError  # here: ketchup.config imports this module
 
         raise ConfigError(f"task {name!r} is not a preset ({', '.join(PRESETS)}): give its definition "
-                          f"(--task-def, or task_def in --spec)")
+                          f"(--task-spec, or task_def in --spec)")
     return resolve(name, task_def)
 
 

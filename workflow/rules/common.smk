@@ -107,10 +107,6 @@ def task_def(task, keys):
     return ktasks.subset(TASK_DEFS[task], keys)
 
 
-def task_def_json(keys):
-    return lambda wildcards: as_json(task_def(wildcards.task, keys))
-
-
 def lengths(task):
     return kconfig.task_lengths(config, task)
 

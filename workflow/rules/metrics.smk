@@ -8,7 +8,7 @@ rule score_student:
     output:
         paths.metrics("{task}", "{student}", "{method}", "{seed}"),
     params:
-        task_def=task_def_json(ktasks.SCORE_KEYS),
+        task_def=lambda wildcards: as_json(task_def(wildcards.task, ktasks.SCORE_KEYS)),
     log:
         "results/logs/score/{task}/{student}/{method}/seed{seed}.log",
     benchmark:
@@ -16,7 +16,7 @@ rule score_student:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup score --task {wildcards.task} --task-def {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --task-spec {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"
 
 
 rule score_teacher:
@@ -25,7 +25,7 @@ rule score_teacher:
     output:
         paths.teacher_metrics("{task}"),
     params:
-        task_def=task_def_json(ktasks.SCORE_KEYS),
+        task_def=lambda wildcards: as_json(task_def(wildcards.task, ktasks.SCORE_KEYS)),
     log:
         "results/logs/score/{task}/teacher.log",
     benchmark:
@@ -33,4 +33,4 @@ rule score_teacher:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup score --task {wildcards.task} --task-def {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --task-spec {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"
