@@ -238,3 +238,30 @@ def test_misspelt_field_stops_the_dag_build(tmp_path):
     assert "data/qa/train.csv:2: missing field 'questoin' that config key 'tasks.qa.fields.source' reads" in out, out
     assert "Traceback" not in out, out
     assert not (work / "results").exists()
+
+
+def test_the_judge_reads_each_tasks_description():
+    from ketchup.judge import protocol
+
+    assert protocol.describe_task("xsum") == tasks.PRESETS["xsum"]["description"]
+    assert protocol.describe_task("mine") == tasks.DEFAULTS["description"]
+    assert protocol.describe_task("mine", {"mine": "answer the question"}) == "answer the question"
+
+
+def test_the_judge_jobs_get_the_tasks_description(tmp_path):
+    """The judge rules pass each task's description (judge.task_descriptions replacing it)."""
+    from snakemake_runner import snakemake
+
+    block = {"preset": "xsum", "source": "synthetic", "description": "sum up a made-up news story"}
+    judge = {"enabled": True, "base_url": "http://127.0.0.1:9/v1", "model": "m", "baseline": "sft",
+             "task_descriptions": {"news2": "say what news2 is"}}
+    cfg = _config("news", block, judge=judge)
+    cfg["tasks"]["news2"] = {"preset": "xsum", "source": "synthetic"}
+    config = tmp_path / "judge.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    target = "results/judge/{}/tiny/kl/seed0/scores.jsonl"
+    proc = snakemake(tmp_path / "work", config, "-n", "-p", target.format("news"), target.format("news2"),
+                     env={"OPENAI_API_KEY": "x", judge.get("api_key_env", "OPENAI_API_KEY"): "x"}, timeout=120)
+    commands = [line for line in proc.stdout.splitlines() if "judge-score" in line]
+    assert len(commands) == 2 and all("sum up a made-up news story" in c and "say what news2 is" in c
+                                      for c in commands), proc.stdout[-3000:]

@@ -130,7 +130,7 @@ def numbered_records(path: str | Path, fmt: str, limit: int | None = None) -> li
         import csv
 
         out = []
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is no column
             try:
                 reader = csv.DictReader(handle)
                 for row in reader:
