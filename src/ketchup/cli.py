@@ -178,8 +178,9 @@ def _generate(args: argparse.Namespace) -> None:
     from ketchup import stages, tasks
 
     stages.outputs(task=tasks.named(args.task, args.task_spec), arch=args.arch, model_dir=args.model,
-                   data_path=args.data, prompt=args.prompt, gen=args.generation, max_source_length=args.max_source_length, out_path=args.out,
-                   teacher=args.teacher, teacher_dtype_setting=args.teacher_dtype)
+                   data_path=args.data, prompt=args.prompt, gen=args.generation,
+                   max_source_length=args.max_source_length, out_path=args.out, teacher=args.teacher,
+                   teacher_dtype_setting=args.teacher_dtype)
 
 
 def _student(args: argparse.Namespace) -> None:

@@ -148,7 +148,8 @@ def compute(names: Sequence[str], predictions: Sequence[str], references: Sequen
     return {n: scores[n] for n in names}
 
 
-def per_example(name: str, predictions: Sequence[str], references: Sequence[str], answer: str = "number") -> list[float]:
+def per_example(name: str, predictions: Sequence[str], references: Sequence[str],
+                answer: str = "number") -> list[float]:
     """Per-example score of the metric ``name`` (a task's primary), 0-100 scale: ROUGE F1 * 100,
     sentence BLEU or chrF, or 0 / 100 for accuracy. The mean of sentence BLEU is not the corpus BLEU."""
     (name,) = _names([name])

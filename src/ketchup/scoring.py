@@ -37,5 +37,6 @@ def score(task: str, predictions_path: str, out_path: str, scoring: dict[str, An
     if not len(scores) == len(per_example) == len(rows):  # one score per prediction, keyed by its id
         raise DataError(f"{predictions_path}: {len(rows)} predictions but {len(scores)} per-example scores "
                         f"for {len(per_example)} ids")
-    write_json(out_path, {"task": task, "n": len(rows), "metrics": metrics.compute(tdef["metrics"], preds, refs, answer),
+    write_json(out_path, {"task": task, "n": len(rows),
+                          "metrics": metrics.compute(tdef["metrics"], preds, refs, answer),
                           "per_example": per_example})

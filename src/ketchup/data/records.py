@@ -37,7 +37,8 @@ def has_empty_field(task: str | dict[str, Any], record: Any) -> bool:
     """True if a field the task reads is an empty or blank string (parallel corpora have such pairs)."""
     tdef = tasks.definition(task)
     names = [n for names in tasks.fields_of(tdef).values() for n in names]
-    return isinstance(record, dict) and any(isinstance(v, str) and not v.strip() for v in (_get(record, n) for n in names))
+    values = (_get(record, n) for n in names) if isinstance(record, dict) else ()
+    return any(isinstance(v, str) and not v.strip() for v in values)
 
 
 def check_record(task: str | dict[str, Any], record: Any, where: str) -> None:
