@@ -130,7 +130,8 @@ def test_job_prefix_under_conda_leaves_path_and_quotes_the_source_folder(tmp_pat
 
 # --- the lock files (envs/lock/*.txt, made by envs/lock.sh; docs/environment.md) ---
 
-LOCKS = {"cpu.txt": ("cpu", ["test"]), "cuda.txt": (None, [])}  # file: (torch's local version label, extras)
+# file: (torch's local version label: +cpu, or PyPI's CUDA build or a PyTorch CUDA index's (+cu128...); extras)
+LOCKS = {"cpu.txt": (r"cpu", ["test"]), "cuda.txt": (r"(cu\d+)?", [])}
 
 
 def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -170,7 +171,7 @@ def test_lock_files_are_the_ones_lock_sh_makes():
 @pytest.mark.parametrize("name", sorted(LOCKS))
 def test_lock_pins_every_dependency_as_pyproject_does(name):
     """Every direct dependency (and the lock's extras) is in the lock at pyproject's version; torch
-    with the local label of the lock's build (+cpu on the CPU lock, none: PyPI's build, on the CUDA one)."""
+    with the local label of the lock's build (+cpu on the CPU lock, none or +cuNNN on the CUDA one)."""
     label, extras = LOCKS[name]
     entries = _lock_entries(_lock_path(name))
     lines = list(PYPROJECT["dependencies"]) + [line for extra in extras for line in PYPROJECT["optional-dependencies"][extra]]
@@ -183,7 +184,7 @@ def test_lock_pins_every_dependency_as_pyproject_does(name):
         assert version.public == spec.version, (
             f"envs/lock/{name}: {req.name}=={version} but pyproject.toml pins {spec.version}")
         if name_ == "torch":
-            assert version.local == label, f"envs/lock/{name}: torch=={version}, expected the local label {label!r}"
+            assert re.fullmatch(label, version.local or ""), f"envs/lock/{name}: torch=={version} is not the build expected"
         else:
             assert version.local is None, f"envs/lock/{name}: {req.name}=={version} is not a PyPI release"
     other = {canonicalize_name(Requirement(x).name) for x in PYPROJECT["optional-dependencies"]["bench"]}
@@ -260,3 +261,63 @@ def test_sdm_apptainer_runs_every_job_in_the_image_with_its_own_python(tmp_path)
     assert image == jobenv.CONTAINER_IMAGE
     assert "python -m ketchup data --task en_nl" in command
     assert "export PATH" not in command and host_bin not in command
+
+
+def _recipe_installs() -> dict[str, list[str]]:
+    """{recipe: its pip commands, in order}: RUN lines of envs/Dockerfile, %post lines of envs/ketchup.def."""
+    docker = [line.removeprefix("RUN ").strip() for line in (REPO_ROOT / "envs" / "Dockerfile").read_text().splitlines()
+              if line.startswith("RUN ")]
+    sections = re.split(r"^%(\w+)", (REPO_ROOT / "envs" / "ketchup.def").read_text(), flags=re.M)
+    post = dict(zip(sections[1::2], sections[2::2]))["post"]
+    apptainer = [line.strip() for line in post.splitlines()]
+    return {name: [c for c in commands if "pip" in c] for name, commands in
+            {"Dockerfile": docker, "ketchup.def": apptainer}.items()}
+
+
+def test_container_recipes_install_the_cuda_lock_and_nothing_else():
+    """Both recipes install envs/lock/cuda.txt hash-checked, then the project without resolving again,
+    on the Python the locks are made for; no package is named outside the lock."""
+    expected = ["pip install --require-hashes -r envs/lock/cuda.txt", "pip install --no-deps --no-build-isolation ."]
+    for recipe, commands in _recipe_installs().items():
+        assert commands == expected, f"envs/{recipe}: pip commands {commands}, expected {expected}"
+    assert "--python-version 3.11 " in (REPO_ROOT / "envs" / "lock.sh").read_text()
+    dockerfile = (REPO_ROOT / "envs" / "Dockerfile").read_text()
+    definition = (REPO_ROOT / "envs" / "ketchup.def").read_text()
+    assert re.search(r"^FROM docker\.io/library/python:3\.11-", dockerfile, re.M), "envs/Dockerfile: not Python 3.11"
+    assert re.search(r"^From: docker\.io/library/python:3\.11-", definition, re.M), "envs/ketchup.def: not Python 3.11"
+    for path in ENV_FILES:
+        conda, _ = _env_entries(path)
+        assert "python=3.11" in conda, f"{path.name}: Python is not the locks' 3.11"
+    (backend,) = [Requirement(r) for r in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["build-system"]["requires"]]
+    for name in LOCKS:  # README's and the recipes' `pip install --no-deps --no-build-isolation` build with it
+        entries = _lock_entries(_lock_path(name))
+        assert backend.name in entries, f"envs/lock/{name}: the build backend {backend.name} is not locked"
+        assert backend.specifier.contains(entries[backend.name][0]), f"envs/lock/{name}: {backend.name} is not {backend}"
+
+
+def test_workflow_catalog_claims_hold():
+    """.snakemake-workflow-catalog.yml says --sdm conda and --sdm apptainer work (not both at once) and
+    --report does: every rule that runs a command runs a shell command (a `run:` block would run in
+    Snakemake's own process, outside any environment) with `conda:` naming an environment file; the
+    rules name the image the recipes build; some outputs are marked for the report (tests/test_analysis.py
+    builds one)."""
+    catalog = yaml.safe_load((REPO_ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert catalog["software-stack-deployment"] == {"conda": True, "apptainer": True, "apptainer+conda": False,
+                                                    "report": True}
+    rule_files = [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "workflow" / "rules").glob("*.smk"))]
+    rules = 0
+    for path in rule_files:
+        for block in re.split(r"^(?=(?:local)?rule \w+)", path.read_text(), flags=re.M):
+            if not (m := re.match(r"(?:local)?rule (\w+)", block)):
+                continue
+            assert not re.search(r"^\s+(run|script|notebook|wrapper):", block, re.M), f"{path.name}: rule {m[1]}"
+            if re.search(r"^\s+shell:", block, re.M):
+                env = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", block, re.M)
+                assert env, f"{path.name}: rule {m[1]} has no conda: directive"
+                assert (path.parent / env[1]).resolve() in ENV_FILES, f"{path.name}: rule {m[1]}: {env[1]}"
+                rules += 1
+    assert rules > 10
+    assert "container: jobenv.CONTAINER_IMAGE" in (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert all("ketchup.sif" in (REPO_ROOT / "envs" / r).read_text() for r in ("Dockerfile", "ketchup.def"))
+    assert jobenv.CONTAINER_IMAGE == "ketchup.sif"
+    assert any("report(" in p.read_text() for p in rule_files)
