@@ -14,10 +14,9 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from ketchup import config as kconfig
+from ketchup import config as kconfig, tasks
 from ketchup.analysis.paper import paper_numbers
 from ketchup.calculator import annotate
-from ketchup.config import TASK_KINDS
 from ketchup.data import records
 
 DOCS = REPO_ROOT / "docs"
@@ -254,12 +253,14 @@ def test_record_examples_pass_the_record_checks():
         example = records.to_example(info, {"id": "0", **record})  # ids are added to records without one
         assert example["source"] and example["target"]
         shown[info] = record
-    assert set(shown) == set(TASK_KINDS)
+    assert set(shown) == set(tasks.PRESETS)
     text = (DOCS / "data.md").read_text(encoding="utf-8")
     assert "from `<<48/2=24>>24` to\n`[ 48/2 = 24 ] 24`" in text and annotate("<<48/2=24>>24") == "[ 48/2 = 24 ] 24"
-    for task, kind in TASK_KINDS.items():  # the table of required fields names the schema's fields
+    for task in tasks.PRESETS:  # the table of presets names each one's fields and metrics
         row = next(line for line in (DOCS / "data.md").read_text().split("\n") if line.startswith(f"| `{task}` |"))
-        assert all(f"`{field}`" in row for field in records.SCHEMAS[kind]), row
+        tdef = tasks.resolve(task)
+        assert all(f"`{field}`" in row for field in tdef["fields"].values()), row
+        assert all(f"`{metric}`" in row for metric in tdef["metrics"]), row
 
 
 def test_yaml_examples_are_valid_configs():
