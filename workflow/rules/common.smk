@@ -31,9 +31,20 @@ try:
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
+# Under --sdm apptainer every job runs in this image (it has the CUDA lock's packages); else ignored.
+container: jobenv.CONTAINER_IMAGE
+
+
+DEPLOYMENT = str(workflow.deployment_settings.deployment_method).lower()
+if "apptainer" in DEPLOYMENT:
+    try:
+        jobenv.check_container_image(Path.cwd())
+    except FileNotFoundError as exc:
+        raise WorkflowError(str(exc))
+
 # Jobs' PYTHONPATH and PATH, set in each job's shell command (braces doubled: shell.prefix formats).
 shell.prefix(
-    jobenv.shell_prefix(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+    jobenv.shell_prefix(SRC, own_python="conda" in DEPLOYMENT or "apptainer" in DEPLOYMENT)
     .replace("{", "{{")
     .replace("}", "}}")
 )
