@@ -24,6 +24,8 @@ rule teacher:
     threads: 1
     resources:
         gpu=job_processes("teacher"),
+        runtime=teacher_resource("runtime"),
+        mem_mb=teacher_resource("mem_mb"),
     conda:
         "../../envs/ketchup.yaml"
     shell:
