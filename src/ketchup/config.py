@@ -33,7 +33,7 @@ def _schema_text(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def schema_defaults(*where: str) -> dict[str, Any]:
     """The ``default:`` of each property of the schema node at ``where`` (e.g. ``"$defs", "optim"``):
-    the one place every default is written. Layered settings (defaults < train < method_overrides)
+    the one place every default is written. Layered settings (defaults < train < rl_train < method_overrides)
     merge these under the config, so an override never brings defaults of its own."""
     node = _schema_text()
     for key in where:
@@ -44,6 +44,7 @@ def schema_defaults(*where: str) -> dict[str, Any]:
 # Reference defaults (docs/settings.md); the config overrides any of them.
 RL_DEFAULTS = schema_defaults("properties", "rl")
 OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
+RL_OPTIM_DEFAULTS = schema_defaults("properties", "rl_train")  # the RL family's own defaults (lr), over train
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
@@ -204,11 +205,16 @@ def deep_update(base: dict, update: dict) -> dict:
 
 
 def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
-    """Student optimiser settings for a method or run name (defaults < train < method_overrides[method];
-    a run ``{method}-r{N}`` then trains N steps, ``ketchup-k{K}`` as ketchup)."""
+    """Student optimiser settings for a method or run name: defaults < train < method_overrides[method],
+    and for an RL method defaults < train < rl_train's schema defaults < rl_train < method_overrides[method]
+    (so train.lr, set for the other methods, never reaches RL); a run ``{method}-r{N}`` then trains N
+    steps, ``ketchup-k{K}`` as ketchup. Without a method: the train block alone."""
     settings = {**OPTIM_DEFAULTS, **config.get("train", {})}
     if method is not None:
-        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
+        name = registry.method_and_k(method, 1)[0]
+        if registry.get(name).family == "rl":
+            settings.update({**RL_OPTIM_DEFAULTS, **config.get("rl_train", {})})
+        settings.update(config.get("method_overrides", {}).get(name, {}))
         if (steps := registry.rollout_budget(method)) is not None:
             settings["max_steps"] = steps
     return settings
