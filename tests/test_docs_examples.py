@@ -8,14 +8,16 @@ block. An example given in a new page is picked up with no change here.
 
 Each example runs as written but for its scale (``tiny``): one seed, its first task and first student
 size, small splits, lengths and step counts (every ``max_steps``, evaluation and checkpoint cadence
-of ``train``, ``rl_train``, ``method_overrides``, ``teacher.train`` and the tasks' ``teacher_train``),
+of ``train``, ``rl_train`` and ``method_overrides``),
 methods cut to ``kl`` and the example's RL methods (all of them: they are what is checked), the
 judge off. Optimiser settings other than steps and batch sizes (the learning rates above all) stay
 as written. What a test machine cannot have is replaced: a hub data set by the task's synthetic one,
-a local data folder that does not exist by one written with synthetic records in the hub schema, a
-model given by ``name_or_path`` (hub or local) or cut from the teacher by a tiny model built from
-config, with a tokenizer trained on the task then; the teacher is always a tiny model built from
-config and fine-tuned (a random tiny teacher would teach nothing).
+a local data folder that does not exist by one written with synthetic records in the hub schema.
+The teacher, the students' fixed environment and not under test, is always a tiny model built from
+config and fine-tuned with one recipe (``TEACHER_TRAIN``); a student given by ``name_or_path`` (hub
+or local) or cut from the teacher is cut from that teacher, all its layers, with a tokenizer trained
+on the task: like a pretrained model, a trained start (a random one would learn nothing at a
+pretrained model's lr).
 
 Collapse: an RL method whose every number in ``main.csv`` (every metric of the task) is 0 collapsed;
 docs/data.md's example did so at ``train.lr: 1.0e-3`` before the RL methods had their own defaults
@@ -46,9 +48,15 @@ TINY_MODEL = {
     "decoder": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": True},
 }
-SPLITS = {"n_train": 320, "n_dev": 24, "n_test": 24}
-LENGTHS = {"max_source_length": 64, "max_target_length": 48}
-TEACHER_STEPS, STUDENT_STEPS, RL_STEPS, PRETRAIN_STEPS = 150, 60, 30, 10
+SPLITS = {"n_train": 320, "n_dev": 16, "n_test": 16}
+LENGTHS = {"max_source_length": 64, "max_target_length": 32}
+# The teacher's model and recipe: the fixed environment, not under test (test.yaml's recipe).
+TEACHER_TRAIN = {"lr": 3.0e-3, "max_steps": 120, "batch_size": 32, "eval_every": 120, "checkpoint_every": 120,
+                 "dev_eval_examples": 16}
+# A student loaded or cut in the example: all of the tiny teacher's layers, a trained model to start
+# from, as a pretrained one is (a random one would learn nothing at a pretrained model's lr).
+CUT = {"seq2seq": {"encoder_layers": [0, 1], "decoder_layers": [0]}, "decoder": {"layers": [0, 1]}}
+STUDENT_STEPS, RL_STEPS, PRETRAIN_STEPS = 40, 20, 10
 BATCH = 16
 
 
@@ -96,22 +104,18 @@ def tiny(example: dict[str, Any], workdir: Path) -> dict[str, Any]:
         spec = {k: v for k, v in spec.items() if k not in ("hub_name", "hub_config")} | {"source": "synthetic"}
     elif spec["source"] == "local" and not (workdir / spec["path"]).exists():
         _local_data(task, workdir / spec["path"])
-    if "teacher_train" in spec:
-        spec["teacher_train"] = _shrink_optim(spec["teacher_train"], TEACHER_STEPS)
+    spec.pop("teacher_train", None)
     config["tasks"] = {task: spec}
     size, student = next(iter(config["students"].items()))
-    if not ("config" in student and "config" in config["teacher"]["model"]):
-        # hub or local models, or a student cut from the teacher: a tiny student built from config
-        student = {"config": TINY_MODEL[arch]}
+    if not ("config" in student and "config" in config["teacher"]["model"]):  # loaded or cut: cut from the tiny teacher
+        student = {"from_teacher": CUT[arch]}
         config["tokenizer"] = {"kind": "train", "vocab_size": 400}
-    # The teacher, the students' fixed environment, tiny too: it takes most of a run's time otherwise.
-    config["teacher"] = {**config["teacher"], "model": {"config": TINY_MODEL[arch]}}
+    config["teacher"] = {**config["teacher"], "model": {"config": TINY_MODEL[arch]}, "train": TEACHER_TRAIN}
     if "pretrain" in student:
         student = {**student, "pretrain": {**student["pretrain"], "steps": PRETRAIN_STEPS, "eval_every": PRETRAIN_STEPS,
                                            "checkpoint_every": PRETRAIN_STEPS, "dev_examples": SPLITS["n_dev"]}}
     config["students"] = {size: student}
     config["teacher"].pop("finetune", None)
-    config["teacher"]["train"] = _shrink_optim(config["teacher"].get("train", {}), TEACHER_STEPS)
     config["methods"] = [m for m in config["methods"] if m == "kl" or registry.get(m).family == "rl"]
     config["train"] = _shrink_optim(config["train"], STUDENT_STEPS)
     rl = any(registry.get(m).family == "rl" for m in config["methods"])
@@ -120,7 +124,7 @@ def tiny(example: dict[str, Any], workdir: Path) -> dict[str, Any]:
     config["method_overrides"] = {m: _shrink_optim(o, RL_STEPS if registry.get(m).family == "rl" else STUDENT_STEPS)
                                   for m, o in config.get("method_overrides", {}).items() if m in config["methods"]}
     generation = config.get("generation", {})
-    config["generation"] = {**generation, "max_new_tokens": min(generation.get("max_new_tokens", 48), 48)}
+    config["generation"] = {**generation, "max_new_tokens": min(generation.get("max_new_tokens", 32), 32)}
     config["judge"] = {**config.get("judge", {}), "enabled": False}
     config.pop("plan", None)
     kconfig.validate(config)
@@ -145,8 +149,10 @@ def test_tiny_keeps_the_examples_learning_rates(tmp_path):
         for method in config["methods"]:
             assert kconfig.optim_settings(config, method)["lr"] == kconfig.optim_settings(example, method)["lr"], where
             assert kconfig.optim_settings(config, method)["max_steps"] <= STUDENT_STEPS, where
+        assert config["teacher"]["train"] == TEACHER_TRAIN and "finetune" not in config["teacher"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, example", EXAMPLES, ids=[w for w, _ in EXAMPLES])
 def test_complete_example_runs_and_its_rl_rows_do_not_collapse(where, example, tmp_path):
     config = tiny(example, tmp_path)
