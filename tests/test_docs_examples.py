@@ -12,7 +12,8 @@ of ``train``, ``rl_train`` and ``method_overrides``),
 methods cut to ``kl`` and the example's RL methods (all of them: they are what is checked), the
 judge off. Optimiser settings other than steps and batch sizes (the learning rates above all) stay
 as written. What a test machine cannot have is replaced: a hub data set by the task's synthetic one,
-a local data folder that does not exist by one written with synthetic records in the hub schema.
+a local data folder that is not in the checkout by one written with synthetic records in the hub
+schema.
 The teacher, the students' fixed environment and not under test, is always a tiny model built from
 config and fine-tuned with one recipe (``TEACHER_TRAIN``); a student given by ``name_or_path`` (hub
 or local) or cut from the teacher is cut from that teacher, all its layers, with a tokenizer trained
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +87,8 @@ def _local_data(task: str, path: Path) -> None:
     from ketchup.data import synthetic
 
     if task not in synthetic.GENERATORS:
-        raise AssertionError(f"no synthetic records for task {task!r}: teach tests/test_docs_examples.py to make "
-                             "its local data")
+        raise AssertionError(f"no synthetic records for task {task!r}: ship its example's data folder in the "
+                             "checkout, or teach tests/test_docs_examples.py (_local_data) to make it")
     path.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", SPLITS["n_train"] + SPLITS["n_dev"]), ("test", SPLITS["n_test"])):
         rows = synthetic.generate(task, split, n, seed=0)
@@ -102,8 +104,11 @@ def tiny(example: dict[str, Any], workdir: Path) -> dict[str, Any]:
     spec = {**spec, **SPLITS, **{k: min(spec.get(k, v), v) for k, v in LENGTHS.items()}}
     if spec["source"] == "hub":
         spec = {k: v for k, v in spec.items() if k not in ("hub_name", "hub_config")} | {"source": "synthetic"}
-    elif spec["source"] == "local" and not (workdir / spec["path"]).exists():
-        _local_data(task, workdir / spec["path"])
+    elif spec["source"] == "local":  # the checkout's folder where it has one (as the example reads it), else made
+        if (REPO_ROOT / spec["path"]).is_dir():
+            shutil.copytree(REPO_ROOT / spec["path"], workdir / spec["path"], dirs_exist_ok=True)
+        else:
+            _local_data(task, workdir / spec["path"])
     spec.pop("teacher_train", None)
     config["tasks"] = {task: spec}
     size, student = next(iter(config["students"].items()))
