@@ -14,19 +14,18 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from ketchup import config as kconfig
+from ketchup import config as kconfig, tasks
 from ketchup.analysis.paper import paper_numbers
 from ketchup.calculator import annotate
-from ketchup.config import TASK_KINDS
 from ketchup.data import records
 
 DOCS = REPO_ROOT / "docs"
 MARKDOWN = [REPO_ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 # The quick start's two commands, which CI (.ci/run) and the contributors' hook look for verbatim.
-VENV = "python3 -m venv .venv && . .venv/bin/activate && "
-README_COMMANDS = (VENV + "pip install -e . && snakemake --cores 2 results/tables/main.csv",
-                   VENV + "pip install -e '.[test]' && python -m pytest -q")
+SETUP = ("python3 -m venv .venv && . .venv/bin/activate && pip install --require-hashes -r envs/lock/cpu.txt && "
+         "pip install --no-deps --no-build-isolation -e . && ")
+README_COMMANDS = (SETUP + "snakemake --cores 2 results/tables/main.csv", SETUP + "python -m pytest -q")
 
 _FENCE = re.compile(r"^(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -254,12 +253,14 @@ def test_record_examples_pass_the_record_checks():
         example = records.to_example(info, {"id": "0", **record})  # ids are added to records without one
         assert example["source"] and example["target"]
         shown[info] = record
-    assert set(shown) == set(TASK_KINDS)
+    assert set(shown) == set(tasks.PRESETS)
     text = (DOCS / "data.md").read_text(encoding="utf-8")
     assert "from `<<48/2=24>>24` to\n`[ 48/2 = 24 ] 24`" in text and annotate("<<48/2=24>>24") == "[ 48/2 = 24 ] 24"
-    for task, kind in TASK_KINDS.items():  # the table of required fields names the schema's fields
+    for task in tasks.PRESETS:  # the table of presets names each one's fields and metrics
         row = next(line for line in (DOCS / "data.md").read_text().split("\n") if line.startswith(f"| `{task}` |"))
-        assert all(f"`{field}`" in row for field in records.SCHEMAS[kind]), row
+        tdef = tasks.resolve(task)
+        assert all(f"`{field}`" in row for field in tdef["fields"].values()), row
+        assert all(f"`{metric}`" in row for metric in tdef["metrics"]), row
 
 
 def test_yaml_examples_are_valid_configs():
@@ -267,7 +268,9 @@ def test_yaml_examples_are_valid_configs():
     validated as one, a fragment block by block."""
     checked = 0
     for path in MARKDOWN:
-        for _, body in _blocks(path, "yaml"):
+        for info, body in _blocks(path, "yaml"):
+            if info.endswith(".yaml"):  # a named config file that extends another: test_own_model_recipes
+                continue
             config = yaml.safe_load(body)
             if "architecture" in config:
                 kconfig.validate(kconfig.resolve_extends(config, REPO_ROOT))
@@ -278,3 +281,60 @@ def test_yaml_examples_are_valid_configs():
     assert checked >= 4
     with pytest.raises(kconfig.ConfigError):
         kconfig.validate_block("analysis", {"k_sweep": [1], "no_such_key": 1})
+
+
+# --- the own-model recipes of docs/configuration.md ---------------------------------------------------
+
+
+def recipes() -> dict[str, str]:
+    """The config files docs/configuration.md shows (```yaml NAME.yaml blocks), by file name."""
+    return {info: body for info, body in _blocks(DOCS / "configuration.md", "yaml") if info.endswith(".yaml")}
+
+
+def _write_recipes(folder: Path, base: dict) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    for name, body in recipes().items():
+        (folder / name).write_text(body)
+
+
+@pytest.mark.slow
+def test_own_model_recipes(tmp_path):
+    """Each recipe's DAG builds against the default with model folders made here (a tiny T5 teacher and
+    student saved with save_pretrained and the task's tokenizer), and the student recipe trains its
+    student a few steps on a tiny base config."""
+    from test_own_models import save_model, task_tokenizer
+
+    from ketchup import paths
+    from snakemake_runner import snakemake
+
+    assert set(recipes()) == {"my-teacher.yaml", "my-student.yaml"}
+    tokenizer = task_tokenizer()
+    default = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    work = tmp_path / "default"
+    for name, seed in (("my-teacher", 0), ("my-student", 1)):
+        save_model(work / "models" / name, tokenizer, seed=seed)
+    _write_recipes(work, default)
+    counts = {}
+    for name in recipes():
+        out = snakemake(work, work / name, "-n", "results/tables/main.csv").stdout
+        counts[name] = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+                        if len(line.split()) == 2 and line.split()[1].isdigit()}
+    # no tokenizer job (the teacher's is used); the student recipe's `small` is loaded, not pretrained
+    assert "tokenizer" not in counts["my-teacher.yaml"] and counts["my-teacher.yaml"]["pretrain"] == 6
+    assert counts["my-student.yaml"]["pretrain"] == 3 and counts["my-student.yaml"]["student"] == 72
+
+    tiny = yaml.safe_load((REPO_ROOT / "workflow/configs/test.yaml").read_text())
+    tiny["students"] = {"small": {"config": tiny["students"]["tiny"]["config"]}}
+    tiny["methods"] = ["kl"]
+    tiny["teacher"]["train"].update(max_steps=2, eval_every=1)
+    tiny["train"].update(max_steps=2, eval_every=1)
+    tiny["tasks"]["en_nl"].update(n_train=40, n_dev=8, n_test=8)
+    work = tmp_path / "tiny"
+    for name, seed in (("my-teacher", 0), ("my-student", 1)):
+        save_model(work / "models" / name, tokenizer, seed=seed)
+    _write_recipes(work, tiny)
+    snakemake(work, work / "my-student.yaml", paths.predictions("en_nl", "small", "kl", 0))
+    metrics = [json.loads(line) for line in
+               (work / paths.student_model("en_nl", "small", "kl", 0) / "metrics.jsonl").open()]
+    assert max(r["step"] for r in metrics) == 2
+    assert len((work / paths.predictions("en_nl", "small", "kl", 0)).read_text().splitlines()) == 8

@@ -2,18 +2,19 @@
 rows do not collapse.
 
 A *complete example* is a fenced ```yaml block whose top level has ``architecture:`` (a whole config)
-or ``extends:`` (a config over another file, read relative to the checkout, where the docs tell the
-reader to save it). Every other yaml block is a fragment, which tests/test_docs.py validates block by
+or ``extends:`` (a config over another file: a block of the same page named
+``NAME.yaml`` (```yaml NAME.yaml), else a file of the checkout, where the docs tell the reader to
+save it). Every other yaml block is a fragment, which tests/test_docs.py validates block by
 block. An example given in a new page is picked up with no change here.
 
 Each example runs as written but for its scale (``tiny``): one seed, its first task and first student
 size, small splits, lengths and step counts (every ``max_steps``, evaluation and checkpoint cadence
 of ``train``, ``rl_train`` and ``method_overrides``),
-methods cut to ``kl`` and the example's RL methods (all of them: they are what is checked), the
-judge off. Optimiser settings other than steps and batch sizes (the learning rates above all) stay
+methods cut to ``kl`` and, of the RL methods that share their optimiser settings, the first (the
+settings are what is checked: docs/data.md's collapsed at one lr, all four alike), the judge off. Optimiser settings other than steps and batch sizes (the learning rates above all) stay
 as written. What a test machine cannot have is replaced: a hub data set by the task's synthetic one,
 a local data folder that is not in the checkout by one written with synthetic records in the hub
-schema.
+schema (data the checkout has, as a page's example reads it, keeps the example's sizes).
 The teacher, the students' fixed environment and not under test, is always a tiny model built from
 config and fine-tuned with one recipe (``TEACHER_TRAIN``); a student given by ``name_or_path`` (hub
 or local) or cut from the teacher is cut from that teacher, all its layers, with a tokenizer trained
@@ -62,15 +63,25 @@ STUDENT_STEPS, RL_STEPS, PRETRAIN_STEPS = 40, 20, 10
 BATCH = 16
 
 
+def _resolve(config: dict[str, Any], named: dict[str, str]) -> dict[str, Any]:
+    """``extends`` resolved against the page's named blocks (```yaml NAME.yaml) first, then the checkout."""
+    if "extends" not in config:
+        return config
+    target = str(config["extends"])
+    base = _resolve(yaml.safe_load(named[target]), named) if target in named else kconfig.read(REPO_ROOT / target)
+    return kconfig.deep_update(base, {k: v for k, v in config.items() if k != "extends"})
+
+
 def complete_examples() -> list[tuple[str, dict[str, Any]]]:
     """(where: 'docs/x.md, block N', the config with its extends resolved) of each complete example."""
     found = []
     for path in MARKDOWN:
-        for i, (_, body) in enumerate(_blocks(path, "yaml"), 1):
+        blocks = _blocks(path, "yaml")
+        named = {info: body for info, body in blocks if info.endswith(".yaml")}
+        for i, (_, body) in enumerate(blocks, 1):
             config = yaml.safe_load(body)
             if isinstance(config, dict) and ("architecture" in config or "extends" in config):
-                found.append((f"{path.relative_to(REPO_ROOT)}, yaml block {i}",
-                              kconfig.resolve_extends(config, REPO_ROOT)))
+                found.append((f"{path.relative_to(REPO_ROOT)}, yaml block {i}", _resolve(config, named)))
     return found
 
 
@@ -101,28 +112,37 @@ def tiny(example: dict[str, Any], workdir: Path) -> dict[str, Any]:
     arch = config["architecture"]
     config["seeds"] = config["seeds"][:1]
     task, spec = next(iter(config["tasks"].items()))
-    spec = {**spec, **SPLITS, **{k: min(spec.get(k, v), v) for k, v in LENGTHS.items()}}
-    if spec["source"] == "hub":
-        spec = {k: v for k, v in spec.items() if k not in ("hub_name", "hub_config")} | {"source": "synthetic"}
-    elif spec["source"] == "local":  # the checkout's folder where it has one (as the example reads it), else made
-        if (REPO_ROOT / spec["path"]).is_dir():
-            shutil.copytree(REPO_ROOT / spec["path"], workdir / spec["path"], dirs_exist_ok=True)
-        else:
+    spec = {**spec, **{k: min(spec.get(k, v), v) for k, v in LENGTHS.items()}}
+    if spec["source"] == "local" and (REPO_ROOT / spec["path"]).is_dir():  # the checkout's data, sizes as written
+        shutil.copytree(REPO_ROOT / spec["path"], workdir / spec["path"], dirs_exist_ok=True)
+    else:
+        spec.update(SPLITS)
+        if spec["source"] == "hub":
+            spec = {k: v for k, v in spec.items() if k not in ("hub_name", "hub_config")} | {"source": "synthetic"}
+        elif spec["source"] == "local":
             _local_data(task, workdir / spec["path"])
     spec.pop("teacher_train", None)
     config["tasks"] = {task: spec}
     size, student = next(iter(config["students"].items()))
-    if not ("config" in student and "config" in config["teacher"]["model"]):  # loaded or cut: cut from the tiny teacher
+    built = lambda model: "config" in model and not {"name_or_path", "from_teacher"} & set(model)  # noqa: E731
+    if not built(student):  # loaded or cut: cut from the tiny teacher
         student = {"from_teacher": CUT[arch]}
-        config["tokenizer"] = {"kind": "train", "vocab_size": 400}
+    if not (built(student) and built(config["teacher"]["model"])) or config["tokenizer"]["kind"] != "train":
+        config["tokenizer"] = {"kind": "train", "vocab_size": 400}  # the tiny teacher's, trained on the task
     config["teacher"] = {**config["teacher"], "model": {"config": TINY_MODEL[arch]}, "train": TEACHER_TRAIN}
     if "pretrain" in student:
         student = {**student, "pretrain": {**student["pretrain"], "steps": PRETRAIN_STEPS, "eval_every": PRETRAIN_STEPS,
                                            "checkpoint_every": PRETRAIN_STEPS, "dev_examples": SPLITS["n_dev"]}}
     config["students"] = {size: student}
     config["teacher"].pop("finetune", None)
-    config["methods"] = [m for m in config["methods"] if m == "kl" or registry.get(m).family == "rl"] or \
-        config["methods"][:1]  # an example without kl or RL methods runs its first method
+    # kl and, of the RL methods that train alike (the same optimiser settings), the first: the settings
+    # are what collapses; an example without kl or RL methods runs its first method.
+    rl, seen = [], []
+    for method in (m for m in config["methods"] if registry.get(m).family == "rl"):
+        if (settings := kconfig.optim_settings(config, method)) not in seen:
+            rl.append(method)
+            seen.append(settings)
+    config["methods"] = [m for m in config["methods"] if m == "kl" or m in rl] or config["methods"][:1]
     config["train"] = _shrink_optim(config["train"], STUDENT_STEPS)
     rl = any(registry.get(m).family == "rl" for m in config["methods"])
     if rl or "rl_train" in config:

@@ -16,14 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ketchup import registry
+from ketchup import registry, tasks
 
 SCHEMA_PATH = Path(str(resources.files("ketchup") / "schema" / "config.schema.yaml"))
-
-# Task name -> kind of task (decides the metric and the record schema).
-TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
-
-
 
 
 @lru_cache(maxsize=None)
@@ -114,9 +109,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             if task["source"] == "synthetic" and task.get(f"n_{split}") == "all":
                 raise ConfigError(f"config key 'tasks.{name}.n_{split}': 'all' needs a hub or local source; "
                                   "synthetic data is generated to the size asked, give a number")
-        if task.get("calculator") and name != "gsm8k":
-            raise ConfigError(f"config key 'tasks.{name}.calculator': the calculator is for gsm8k only; remove it "
-                              "or set it to false")
+        check_task(name, task)
     tok = config["tokenizer"]
     if tok["kind"] == "pretrained" and "name_or_path" not in tok and "name_or_path" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
@@ -154,6 +147,44 @@ def _check_semantics(config: dict[str, Any]) -> None:
                                   f"leave none of the {task['n_train']} of tasks.{task_name}.n_train to pretrain on")
 
 
+def check_task(name: str, block: dict[str, Any]) -> None:
+    """A task's definition over its preset (ketchup.tasks) is complete and consistent."""
+    tdef = tasks.resolve(name, block)
+    key = f"tasks.{name}"
+    no_preset = "" if tasks.preset_name(name, block) else (
+        f" (task {name} has no preset: give it, or preset: one of {', '.join(tasks.PRESETS)})")
+    for needed in ("fields", "metrics"):
+        if needed not in tdef:
+            raise ConfigError(f"config key '{key}.{needed}': required{no_preset}")
+    if tdef["primary_metric"] not in tdef["metrics"]:
+        raise ConfigError(f"config key '{key}.primary_metric': {tdef['primary_metric']!r} is not one of the task's "
+                          f"metrics {tdef['metrics']}")
+    for role, text in tdef["fields"].items():
+        try:
+            tasks.template_fields(text)
+        except ValueError as exc:
+            raise ConfigError(f"config key '{key}.fields.{role}': {exc}") from None
+    needs = {"synthetic": "generator", "hub": "hub_name"}.get(tdef["source"])
+    if needs and needs not in tdef:
+        raise ConfigError(f"config key '{key}.{needs}': required for source {tdef['source']}{no_preset}")
+    if tdef.get("calculator") and tdef["answer_format"] != "gsm8k":
+        raise ConfigError(f"config key '{key}.calculator': the calculator works on GSM8K-style references "
+                          "(answer_format: gsm8k); remove it or set it to false")
+
+
+def task_definition(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The task's full definition: its config block over its preset (ketchup.tasks)."""
+    return tasks.resolve(task, config["tasks"][task])
+
+
+def judge_block(config: dict[str, Any]) -> dict[str, Any]:
+    """The judge block as its jobs (and the cost plan) read it: ``task_descriptions`` holds each task's
+    ``description``, replaced by the config's judge.task_descriptions."""
+    judge = config.get("judge") or {}
+    described = {task: task_definition(config, task)["description"] for task in config["tasks"]}
+    return {**judge, "task_descriptions": {**described, **judge.get("task_descriptions", {})}}
+
+
 def check_pretrainable(name: str, student: dict[str, Any]) -> None:
     """Only a student built from config (``students.<name>.config``) is pretrained: a loaded or cut one
     starts from those weights."""
@@ -175,14 +206,36 @@ def read(path: str | Path) -> dict[str, Any]:
 
 def resolve_extends(config: dict[str, Any], where: str | Path) -> dict[str, Any]:
     """``extends: FILE`` (relative to ``where``, the extending file's folder): FILE's config, with this
-    config's keys merged into it (nested mappings key by key, anything else replaced), so a variant
-    such as workflow/configs/study.yaml states only what differs from the default."""
+    config's keys merged into it (``extend``), so a variant such as workflow/configs/study.yaml states
+    only what differs from the default."""
     if "extends" not in config:
         return config
     base_path = Path(where) / str(config["extends"])
     if not base_path.is_file():
         raise ConfigError(f"extends: {base_path} does not exist")
-    return deep_update(read(base_path), {k: v for k, v in config.items() if k != "extends"})
+    return extend(read(base_path), {k: v for k, v in config.items() if k != "extends"})
+
+
+MODEL_SOURCES = ("config", "name_or_path", "from_teacher")  # a model block has exactly one
+
+
+def _model_source(block: Any) -> str | None:
+    return next((k for k in MODEL_SOURCES if k in block), None) if isinstance(block, dict) else None
+
+
+def extend(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``variant`` merged into it: nested mappings key by key, anything else (lists
+    included) replaced; except a model block (``teacher.model``, ``students.<size>``) whose source
+    (config, name_or_path or from_teacher) is not the base's: it replaces the base's block whole,
+    its pretrain and gguf_file included, since a loaded model is never built from config."""
+    merged = deep_update(base, variant)
+    blocks = [("teacher", "model")] + [("students", size) for size in (variant.get("students") or {})]
+    for outer, inner in blocks:
+        old = (base.get(outer) or {}).get(inner) if isinstance(base.get(outer), dict) else None
+        new = (variant.get(outer) or {}).get(inner) if isinstance(variant.get(outer), dict) else None
+        if _model_source(new) is not None and _model_source(old) not in (None, _model_source(new)):
+            merged[outer][inner] = copy.deepcopy(new)
+    return merged
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -283,7 +336,7 @@ def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:
 
 
 def calculator_on(config: dict[str, Any], task: str) -> bool:
-    """Whether the task keeps calculator annotations and decodes through the calculator (gsm8k)."""
+    """Whether the task keeps calculator annotations and decodes through the calculator (GSM8K-style)."""
     return bool(config["tasks"][task].get("calculator", False))
 
 

@@ -33,6 +33,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Iterator, Sequence
 
+from ketchup import tasks
+
 # Bump when the protocol (not only the text) changes. v2: structured output (response_format) and
 # one repair turn for an unparseable reply, instead of asking the same prompt again.
 TEMPLATE_VERSION = "v2"
@@ -48,18 +50,10 @@ CRITERIA_DESCRIPTIONS = {
     "correctness": "whether the final answer and the reasoning are correct",
 }
 
-# (substring of the lower-cased task name, description); first match wins.
-_TASK_DESCRIPTIONS = (
-    ("xsum", "summarise a news article in a single sentence"),
-    ("summ", "summarise the source text"),
-    ("europarl", "translate the source text from English to Dutch"),
-    ("en-nl", "translate the source text from English to Dutch"),
-    ("translat", "translate the source text"),
-    ("gsm8k", "solve a grade-school math word problem, showing the reasoning and the final numeric answer"),
-    ("math", "solve the math word problem, showing the reasoning and the final answer"),
-)
-
 _TRUNC_MARK = " [...]"
+
+# The pairwise orders: ab shows the method's output as A, ba the baseline's.
+PAIR_ORDERS = ("ab", "ba")
 
 
 # --------------------------------------------------------------------------- sampling
@@ -106,13 +100,12 @@ def template_version(kind: str) -> str:
 
 
 def describe_task(task: str, overrides: dict[str, str] | None = None) -> str:
+    """The task as the judge reads it: ``overrides[task]`` (the Snakefile passes each task's
+    ``description``, replaced by judge.task_descriptions), else the ``description`` of the preset
+    of that name or the generic one (ketchup.tasks)."""
     if overrides and task in overrides:
         return str(overrides[task])
-    low = task.lower()
-    for key, desc in _TASK_DESCRIPTIONS:
-        if key in low:
-            return desc
-    return f"produce the correct output for the source text (task '{task}'), as in the reference"
+    return tasks.resolve(task)["description"]
 
 
 def _criteria_block(criteria: Sequence[str]) -> str:
@@ -153,6 +146,21 @@ def pairwise_messages(task_description: str, source: str, reference: str, output
     """Chat messages asking which of two outputs (A, B) is better, or a tie."""
     return _filled("pairwise", task_description, criteria, max_chars, source=source, reference=reference,
                    output_a=output_a, output_b=output_b)
+
+
+def example_messages(kind: str, task_description: str, source: str, reference: str, output: str,
+                     baseline_output: str | None, criteria: Sequence[str],
+                     max_chars: int | None = None) -> list[list[dict[str, str]]]:
+    """The prompts a sampled example costs, one request each (before retries and repair turns):
+    ``score``, one; ``pairwise``, one per order of PAIR_ORDERS. With ``sample_ids``, the one count
+    of a job's requests: the stages ask these, the plan (ketchup.judge.estimate) counts them."""
+    if kind == "score":
+        return [score_messages(task_description, source, reference, output, criteria, max_chars)]
+    if kind != "pairwise":
+        raise ValueError(f"kind must be 'score' or 'pairwise', got {kind!r}")
+    shown = {"ab": (output, baseline_output), "ba": (baseline_output, output)}
+    return [pairwise_messages(task_description, source, reference, *shown[order], criteria, max_chars)
+            for order in PAIR_ORDERS]
 
 
 def _filled(template: str, task_description: str, criteria: Sequence[str], max_chars: int | None,
