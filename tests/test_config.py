@@ -157,7 +157,7 @@ def test_method_names_agree_everywhere(monkeypatch):
         # every method, but the paper's own runs: the paper's methods (PPO is beyond the paper)
         paper = [m for m in methods if not registry.get(m).ppo]
         # (the default and the CPU study run every method)
-        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "smollm2_gsm8k.yaml")
+        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "paper_budget.yaml", "smollm2_gsm8k.yaml")
         assert config["methods"] == (paper if paper_run else methods), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
         settings = [kconfig.optim_settings(config, m) for m in registry.RL_METHODS if m in config["methods"]]
