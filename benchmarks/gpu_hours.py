@@ -28,20 +28,16 @@ sys.path.insert(0, str(ROOT / "src"))
 from ketchup import config as kconfig, dagjobs, gpucost, plan, registry  # noqa: E402
 from ketchup.costmodel import COMPONENTS  # noqa: E402
 
-RL = [m for m in registry.TRAINED_METHODS if registry.get(m).family == "rl"]
-
 
 def scenarios(config: dict) -> list[tuple[str, dict, float]]:
     """(what, config overrides, decode-time factor): each cost-cutting setting alone."""
-    rl = {m: {"eval_every": 32} for m in RL if m in config["methods"]}
-    rl_steps = {m: {"max_steps": 1000} for m in RL if m in config["methods"]}
     return [
         ("tasks.en_nl.n_train: 200000 (Europarl capped)", {"tasks": {"en_nl": {"n_train": 200000}}}, 1.0),
         ("train.dev_eval_examples: 1000", {"train": {"dev_eval_examples": 1000}}, 1.0),
         ("train.dev_eval_examples: 500", {"train": {"dev_eval_examples": 500}}, 1.0),
         ("train.eval_every: 48 (non-RL)", {"train": {"eval_every": 48}}, 1.0),
-        ("RL method_overrides eval_every: 32", {"method_overrides": rl}, 1.0),
-        ("RL method_overrides max_steps: 1000", {"method_overrides": rl_steps}, 1.0),
+        ("rl_train.eval_every: 32", {"rl_train": {"eval_every": 32}}, 1.0),
+        ("rl_train.max_steps: 1000", {"rl_train": {"max_steps": 1000}}, 1.0),
         ("generation.batch_size: 64", {"generation": {"batch_size": 64}}, 1.0),
         ("generation.max_new_tokens: 256", {"generation": {"max_new_tokens": 256}}, 1.0),
         ("decoding 2x faster per token (cache/compile; NOT measured)", {}, 0.5),

@@ -318,7 +318,7 @@ def test_analysis_settings_and_k_values(default_config):
 def test_ppo_equal_time_runs_follow_the_cost_ratio(default_config):
     cfg = {**default_config, "methods": ["kl", "llmr", "ketchup", "llmr-ppo", "ketchup-ppo"],
            "analysis": {"ppo_cost_ratio": 1.5}}
-    cfg["method_overrides"] = {**cfg["method_overrides"], "llmr-ppo": {"max_steps": 30}, "ketchup-ppo": {"max_steps": 40}}
+    cfg["method_overrides"] = {**cfg.get("method_overrides", {}), "llmr-ppo": {"max_steps": 30}, "ketchup-ppo": {"max_steps": 40}}
     assert settings.ppo_equal_time(cfg) == {
         "llmr-ppo": {"plain": "llmr", "rollouts": "llmr-ppo", "time": "llmr-ppo-r20"},  # 30 / 1.5
         "ketchup-ppo": {"plain": "ketchup", "rollouts": "ketchup-ppo", "time": "ketchup-ppo-r27"}}  # 40 / 1.5 = 26.7

@@ -157,11 +157,11 @@ def test_method_names_agree_everywhere(monkeypatch):
         # every method, but the paper's own runs: the paper's methods (PPO is beyond the paper)
         paper = [m for m in methods if not registry.get(m).ppo]
         # (the default and the CPU study run every method)
-        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "smollm2_gsm8k.yaml")
+        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "paper_budget.yaml", "smollm2_gsm8k.yaml")
         assert config["methods"] == (paper if paper_run else methods), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
-        overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS if m in config["methods"]]
-        assert all(o == overrides[0] for o in overrides), path.name
+        settings = [kconfig.optim_settings(config, m) for m in registry.RL_METHODS if m in config["methods"]]
+        assert all(s == settings[0] for s in settings), path.name
     # A method added to the registry alone is known everywhere the names are read from it.
     new = registry.Method("new-rl", "rl", "teacher", "task", "kl")
     monkeypatch.setitem(registry.METHODS, "new-rl", new)
@@ -263,15 +263,18 @@ def test_processes_per_stage_and_method_stay_out_of_the_specs(default_config):
     assert kconfig.processes(config, "student", method="kl") == 1
     config["train"] = {**config.get("train", {}), "processes": 2}
     config["method_overrides"] = {"ketchup": {"processes": 4}}
+    config["rl_train"] = {"processes": 5}  # the RL methods' layer, under method_overrides
     config["teacher"]["train"] = {**config["teacher"].get("train", {}), "processes": 3}
     config["students"]["small"]["pretrain"] = {"processes": 2}
     kconfig.validate(config)
     assert kconfig.processes(config, "student", method="kl") == 2
     assert kconfig.processes(config, "student", method="ketchup-k4") == 4  # a K-sweep run is its method's
+    assert kconfig.processes(config, "student", method="llmr") == 5
     assert kconfig.processes(config, "teacher", task="xsum") == kconfig.processes(config, "teacher_outputs", "xsum") == 3
     assert kconfig.processes(config, "pretrain", student="small") == 2
     assert kconfig.processes(config, "grad_variance") == kconfig.processes(config, "data") == 1
-    for settings in (kconfig.optim_settings(config, "ketchup"), kconfig.teacher_settings(config, "xsum"),
+    for settings in (kconfig.optim_settings(config, "ketchup"), kconfig.optim_settings(config, "llmr"),
+                     kconfig.teacher_settings(config, "xsum"),
                      kconfig.pretrain_settings(config, "small"), kconfig.OPTIM_DEFAULTS, kconfig.PRETRAIN_DEFAULTS):
         assert "processes" not in settings
     config["teacher"]["finetune"] = False  # a teacher used as loaded only saves it: one process
@@ -279,6 +282,31 @@ def test_processes_per_stage_and_method_stay_out_of_the_specs(default_config):
     assert kconfig.processes(config, "teacher_outputs", task="xsum") == 3
     config["train"]["processes"] = 0
     _raises(config, "config key 'train.processes'")
+
+
+def test_rl_methods_have_their_own_optimizer_defaults(default_config):
+    """train.lr set for the other methods never reaches an RL method: the RL family takes the schema's
+    rl_train defaults over train, then rl_train, then method_overrides; the other keys are train's."""
+    default_config["train"] = {"lr": 1e-3, "batch_size": 4, "warmup_steps": 7}
+    default_config.pop("rl_train", None)
+    default_config["method_overrides"] = {}
+    assert kconfig.RL_OPTIM_DEFAULTS == {"lr": 1e-5}  # the reference's RL lr (docs/settings.md)
+    for run in ("llmr", "llmr-mean", "llmr-minvar", "ketchup", "ketchup-k4", "llmr-ppo", "ketchup-ppo-r27"):
+        rl = kconfig.optim_settings(default_config, run)
+        assert (rl["lr"], rl["batch_size"], rl["warmup_steps"]) == (1e-5, 4, 7), run
+    for method in ("sft", "seqkd", "kl", "js", "tvd"):
+        assert kconfig.optim_settings(default_config, method)["lr"] == 1e-3, method
+    assert kconfig.optim_settings(default_config)["lr"] == 1e-3  # the train block alone
+    default_config["rl_train"] = {"lr": 3e-4, "batch_size": 2}
+    assert (kconfig.optim_settings(default_config, "ketchup")["lr"],
+            kconfig.optim_settings(default_config, "ketchup")["batch_size"]) == (3e-4, 2)
+    assert kconfig.optim_settings(default_config, "kl")["batch_size"] == 4
+    default_config["method_overrides"] = {"llmr": {"lr": 0.5}}
+    assert kconfig.optim_settings(default_config, "llmr")["lr"] == 0.5
+    assert kconfig.optim_settings(default_config, "ketchup")["lr"] == 3e-4
+    kconfig.validate(default_config)
+    default_config["rl_train"] = {"lr": 1e-4, "momentum": 0.9}
+    _raises(default_config, "rl_train.momentum")
 
 
 # --- Snakemake stops at DAG build -----------------------------------------------------------------

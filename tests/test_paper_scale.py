@@ -137,7 +137,7 @@ def test_paper_config_settings_name_their_source(name):
             block = line.split(":")[0]
             continue
         setting = line.startswith("    ") if block == "method_overrides" else line.startswith("  ")
-        if block in ("train", "method_overrides", "rl", "generation") and setting and not line.strip().startswith("#"):
+        if block in ("train", "rl_train", "method_overrides", "rl", "generation") and setting and not line.strip().startswith("#"):
             assert "#" in line, f"{name}: {line.strip()!r} names no source (a reference flag or '# chosen')"
             checked += 1
     assert checked >= 25

@@ -28,7 +28,7 @@ def _schema_text(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def schema_defaults(*where: str) -> dict[str, Any]:
     """The ``default:`` of each property of the schema node at ``where`` (e.g. ``"$defs", "optim"``):
-    the one place every default is written. Layered settings (defaults < train < method_overrides)
+    the one place every default is written. Layered settings (defaults < train < rl_train < method_overrides)
     merge these under the config, so an override never brings defaults of its own."""
     node = _schema_text()
     for key in where:
@@ -42,6 +42,7 @@ RL_DEFAULTS = schema_defaults("properties", "rl")
 # stages' specs, so that a config without the key keeps its specs and resume fingerprints.
 LAUNCH_KEYS = ("processes",)
 OPTIM_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "optim").items() if k not in LAUNCH_KEYS}
+RL_OPTIM_DEFAULTS = schema_defaults("properties", "rl_train")  # the RL family's own defaults (lr), over train
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
@@ -264,16 +265,22 @@ def _without_launch(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _student_layers(config: dict[str, Any], method: str | None) -> dict[str, Any]:
-    """train < method_overrides[method] (launch keys included)."""
+    """train < (an RL method) rl_train's schema defaults < rl_train < method_overrides[method], launch
+    keys included."""
     settings = dict(config.get("train", {}))
     if method is not None:
-        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
+        name = registry.method_and_k(method, 1)[0]
+        if registry.get(name).family == "rl":
+            settings.update({**RL_OPTIM_DEFAULTS, **config.get("rl_train", {})})
+        settings.update(config.get("method_overrides", {}).get(name, {}))
     return settings
 
 
 def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
-    """Student optimiser settings for a method or run name (defaults < train < method_overrides[method];
-    a run ``{method}-r{N}`` then trains N steps, ``ketchup-k{K}`` as ketchup)."""
+    """Student optimiser settings for a method or run name: defaults < train < method_overrides[method],
+    and for an RL method defaults < train < rl_train's schema defaults < rl_train < method_overrides[method]
+    (so train.lr, set for the other methods, never reaches RL); a run ``{method}-r{N}`` then trains N
+    steps, ``ketchup-k{K}`` as ketchup. Without a method: the train block alone."""
     settings = {**OPTIM_DEFAULTS, **_without_launch(_student_layers(config, method))}
     if method is not None and (steps := registry.rollout_budget(method)) is not None:
         settings["max_steps"] = steps

@@ -23,11 +23,11 @@ JUDGE_RULES = {"score": "judge_scores", "pairwise": "judge_pairwise"}  # workflo
 
 # The settings that set each component's size (the summary names them for the largest shares).
 CONTROLS = {
-    "train_s": "train.max_steps / train.epochs, train.batch_size x train.grad_accum (method_overrides per method), "
+    "train_s": "train.max_steps / train.epochs, train.batch_size x train.grad_accum (rl_train for the RL methods, method_overrides per method), "
                "the student and teacher sizes, max_source_length / max_target_length",
-    "dev_eval_s": "train.eval_every and train.dev_eval_examples (method_overrides per method), generation.batch_size, "
+    "dev_eval_s": "train.eval_every and train.dev_eval_examples (rl_train, method_overrides), generation.batch_size, "
                   "generation.max_new_tokens (decodes stop at the batch's longest output)",
-    "rollout_s": "the RL methods' max_steps x batch_size x grad_accum (method_overrides), max_target_length (the "
+    "rollout_s": "the RL methods' max_steps x batch_size x grad_accum (rl_train, method_overrides), max_target_length (the "
                  "rollouts' length), rollouts decoded batch_size at a time",
     "generation_s": "the test split (n_test) and the teacher's train split decoded once, generation.batch_size, "
                     "generation.max_new_tokens",
