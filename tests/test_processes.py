@@ -49,7 +49,7 @@ def _config(tmp: Path, processes: int, grad_accum: int) -> Path:
     config["methods"] = ["kl"]
     config["train"] = {"lr": 3.0e-3, "max_steps": STEPS, "batch_size": 4, "grad_accum": grad_accum,
                        "eval_every": 8, "checkpoint_every": 2, "dev_eval_examples": 16, "processes": processes}
-    config.pop("method_overrides")
+    config.pop("method_overrides", None)
     config["generation"].update(max_new_tokens=12, batch_size=4)
     path = tmp / f"config-{processes}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
