@@ -24,8 +24,9 @@ DOCS = REPO_ROOT / "docs"
 MARKDOWN = [REPO_ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 # The quick start's two commands, which CI (.ci/run) and the contributors' hook look for verbatim.
-SETUP = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && "
-README_COMMANDS = (SETUP + "snakemake --cores 2 results/tables/main.csv", SETUP + "python -m pytest -q")
+VENV = "python3 -m venv .venv && . .venv/bin/activate && "
+README_COMMANDS = (VENV + "pip install -e . && snakemake --cores 2 results/tables/main.csv",
+                   VENV + "pip install -e '.[test]' && python -m pytest -q")
 
 _FENCE = re.compile(r"^(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
