@@ -438,7 +438,8 @@ def test_divergence_settings_reach_the_methods_that_read_them_only(default_confi
     assert kconfig.divergence_spec(default_config, "gkd") == {
         "divergence": {"beta": 0.9, "lambda": kconfig.DIVERGENCE_DEFAULTS["lambda"]}}
     for method in ("skl", "srkl"):
-        assert kconfig.divergence_spec(default_config, method) == {"divergence": {"alpha": 0.1}}
+        assert kconfig.divergence_spec(default_config, method) == {
+            "divergence": {"alpha": kconfig.DIVERGENCE_DEFAULTS["alpha"]}}
     for method in ("rkl", "kl", "js", "tvd", "ketchup", "ketchup-k4", "sft"):
         assert kconfig.divergence_spec(default_config, method) == {}
     default_config["divergence"] = {"alpha": 1.0}
