@@ -267,7 +267,9 @@ def test_yaml_examples_are_valid_configs():
     validated as one, a fragment block by block."""
     checked = 0
     for path in MARKDOWN:
-        for _, body in _blocks(path, "yaml"):
+        for info, body in _blocks(path, "yaml"):
+            if info.endswith(".yaml"):  # a named config file that extends another: test_own_model_recipes
+                continue
             config = yaml.safe_load(body)
             if "architecture" in config:
                 kconfig.validate(kconfig.resolve_extends(config, REPO_ROOT))
@@ -278,3 +280,60 @@ def test_yaml_examples_are_valid_configs():
     assert checked >= 4
     with pytest.raises(kconfig.ConfigError):
         kconfig.validate_block("analysis", {"k_sweep": [1], "no_such_key": 1})
+
+
+# --- the own-model recipes of docs/configuration.md ---------------------------------------------------
+
+
+def recipes() -> dict[str, str]:
+    """The config files docs/configuration.md shows (```yaml NAME.yaml blocks), by file name."""
+    return {info: body for info, body in _blocks(DOCS / "configuration.md", "yaml") if info.endswith(".yaml")}
+
+
+def _write_recipes(folder: Path, base: dict) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    for name, body in recipes().items():
+        (folder / name).write_text(body)
+
+
+@pytest.mark.slow
+def test_own_model_recipes(tmp_path):
+    """Each recipe's DAG builds against the default with model folders made here (a tiny T5 teacher and
+    student saved with save_pretrained and the task's tokenizer), and the student recipe trains its
+    student a few steps on a tiny base config."""
+    from test_own_models import save_model, task_tokenizer
+
+    from ketchup import paths
+    from snakemake_runner import snakemake
+
+    assert set(recipes()) == {"my-teacher.yaml", "my-student.yaml"}
+    tokenizer = task_tokenizer()
+    default = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    work = tmp_path / "default"
+    for name, seed in (("my-teacher", 0), ("my-student", 1)):
+        save_model(work / "models" / name, tokenizer, seed=seed)
+    _write_recipes(work, default)
+    counts = {}
+    for name in recipes():
+        out = snakemake(work, work / name, "-n", "results/tables/main.csv").stdout
+        counts[name] = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+                        if len(line.split()) == 2 and line.split()[1].isdigit()}
+    # no tokenizer job (the teacher's is used); the student recipe's `small` is loaded, not pretrained
+    assert "tokenizer" not in counts["my-teacher.yaml"] and counts["my-teacher.yaml"]["pretrain"] == 6
+    assert counts["my-student.yaml"]["pretrain"] == 3 and counts["my-student.yaml"]["student"] == 72
+
+    tiny = yaml.safe_load((REPO_ROOT / "workflow/configs/test.yaml").read_text())
+    tiny["students"] = {"small": {"config": tiny["students"]["tiny"]["config"]}}
+    tiny["methods"] = ["kl"]
+    tiny["teacher"]["train"].update(max_steps=2, eval_every=1)
+    tiny["train"].update(max_steps=2, eval_every=1)
+    tiny["tasks"]["en_nl"].update(n_train=40, n_dev=8, n_test=8)
+    work = tmp_path / "tiny"
+    for name, seed in (("my-teacher", 0), ("my-student", 1)):
+        save_model(work / "models" / name, tokenizer, seed=seed)
+    _write_recipes(work, tiny)
+    snakemake(work, work / "my-student.yaml", paths.predictions("en_nl", "small", "kl", 0))
+    metrics = [json.loads(line) for line in
+               (work / paths.student_model("en_nl", "small", "kl", 0) / "metrics.jsonl").open()]
+    assert max(r["step"] for r in metrics) == 2
+    assert len((work / paths.predictions("en_nl", "small", "kl", 0)).read_text().splitlines()) == 8

@@ -29,6 +29,7 @@ from ketchup.judge.stages import (  # noqa: E402
 
 KEY_ENV = "KETCHUP_TEST_JUDGE_KEY"
 KEY = "sk-ketchup-TEST-3f9c1d7e-DO-NOT-LEAK-8842"
+REMOTE = "https://judge.example.com/v1"  # not on a loopback address: needs the key (never contacted)
 CRITERIA = ["overall", "informativeness", "coherence"]
 
 
@@ -42,7 +43,7 @@ def make_cfg(server: FakeJudgeServer | None = None, **kw) -> dict:
         "model": "fake-judge-1", "api_key_env": KEY_ENV, "temperature": 0.0, "max_tokens": 64,
         "n_examples": 0, "seed": 13, "baseline": "kl", "concurrency": 4, "max_retries": 3,
         "timeout_s": 0.4, "backoff_s": 0.01, "backoff_max_s": 0.05,
-        "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0, "criteria": CRITERIA,
+        "price_per_1m_prompt_tokens": 1000.0, "price_per_1m_completion_tokens": 2000.0, "criteria": CRITERIA,
     }
     cfg.update(kw)
     return cfg
@@ -177,8 +178,8 @@ def test_check_enabled_messages(monkeypatch, tmp_path):
     assert "judge.enabled: true" in msg and "base_url" in msg and "OPENAI_API_KEY" in msg and "export" in msg
     assert not is_enabled({"enabled": False})
 
-    with pytest.raises(JudgeConfigError) as e:  # enabled, but the key variable is missing
-        check_enabled(make_cfg())
+    with pytest.raises(JudgeConfigError) as e:  # enabled, a remote server, but the key variable is missing
+        check_enabled(make_cfg(base_url=REMOTE))
     assert KEY_ENV in str(e.value) and "export" in str(e.value)
 
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -196,12 +197,56 @@ def test_missing_key_or_disabled_makes_no_request(monkeypatch, tmp_path, server)
     preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=5")])
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(JudgeConfigError, match=KEY_ENV):
-        score_run(make_cfg(server), "xsum", preds, tmp_path / "out" / "scores.jsonl", tmp_path / "cache")
+        score_run(make_cfg(server, base_url=REMOTE), "xsum", preds, tmp_path / "out" / "scores.jsonl",
+                  tmp_path / "cache")
     monkeypatch.setenv(KEY_ENV, KEY)
     with pytest.raises(JudgeConfigError, match="enabled"):
         score_run(make_cfg(server, enabled=False), "xsum", preds, tmp_path / "out" / "scores.jsonl", tmp_path / "cache")
     assert server.n_requests == 0
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url, loopback", [
+    ("http://localhost:8000/v1", True), ("http://127.0.0.1:9/v1", True), ("http://127.4.5.6/v1", True),
+    ("http://[::1]:8000/v1", True), (REMOTE, False), ("http://10.0.0.1:8000/v1", False),
+    ("http://localhost.example.com/v1", False), ("https://api.openai.com/v1", False),
+])
+def test_loopback_servers_need_no_key(monkeypatch, url, loopback):
+    from ketchup.judge.config import NO_KEY, get_api_key, is_loopback
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert is_loopback(url) == loopback
+    cfg = load_config(make_cfg(base_url=url))
+    if loopback:
+        assert check_enabled(cfg) and get_api_key(cfg) == NO_KEY
+    else:
+        with pytest.raises(JudgeConfigError, match=KEY_ENV):
+            check_enabled(cfg)
+        with pytest.raises(JudgeConfigError, match=KEY_ENV):
+            get_api_key(cfg)
+    monkeypatch.setenv(KEY_ENV, KEY)  # a key that is set is sent, to a loopback server too
+    assert get_api_key(cfg) == KEY and check_enabled(cfg)
+
+
+def test_a_server_marked_keyless_needs_no_key(monkeypatch):
+    from ketchup.judge.config import NO_KEY, get_api_key
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = check_enabled(make_cfg(base_url=REMOTE, api_key_env=None))
+    assert get_api_key(cfg) == NO_KEY
+    with pytest.raises(JudgeConfigError, match="OPENAI_API_KEY"):  # the default names a variable: needed
+        check_enabled({k: v for k, v in make_cfg(base_url=REMOTE).items() if k != "api_key_env"})
+
+
+def test_loopback_server_without_a_key_variable_is_judged(monkeypatch, tmp_path):
+    """The fake server on 127.0.0.1 with no key variable set: the job runs, sending the placeholder."""
+    from ketchup.judge.config import NO_KEY
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=5"), ("b", "s", "q=7")])
+    with FakeJudgeServer(expected_key=NO_KEY) as srv:
+        summary = score_run(make_cfg(srv), "xsum", preds, tmp_path / "scores.jsonl", tmp_path / "cache")
+    assert summary["n_valid"] == 2 and srv.n_requests == 2
 
 
 # --------------------------------------------------------------------------- scoring against the server
@@ -761,3 +806,19 @@ def test_run_interrupted_before_the_repair_turn_asks_again_from_the_prompt(tmp_p
         assert counts(s) == {"api_requests": 1, "cache_hits": 0} and s["repair_requests"] == 0
         assert srv.requests[2]["messages"] == srv.requests[0]["messages"]
     assert read_jsonl(out)[0]["scores"] == expected_scores(9)
+
+
+def test_money_only_where_prices_are_set(monkeypatch, tmp_path):
+    """Prices are USD per million tokens, none by default: no cost then (null, an empty table cell)."""
+    assert load_config({}).cost(10**6, 10**6) is None
+    assert load_config({"price_per_1m_prompt_tokens": 2.5}).cost(400_000, 10**6) == pytest.approx(1.0)
+    assert load_config({"price_per_1m_prompt_tokens": 2.5, "price_per_1m_completion_tokens": 10.0}).cost(
+        400_000, 100_000) == pytest.approx(2.0)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    preds = write_preds(tmp_path / "p.jsonl", [("a", "s", "q=5")])
+    unpriced = {k: v for k, v in make_cfg().items() if not k.startswith("price")}
+    with FakeJudgeServer() as srv:
+        summary = score_run({**unpriced, "base_url": srv.base_url}, "xsum", preds, tmp_path / "scores.jsonl",
+                            tmp_path / "cache")
+    assert summary["prompt_tokens"] > 0 and summary["cost_usd"] is None and summary["this_run"]["cost_usd"] is None
+    assert [r["cost_usd"] for r in read_jsonl(tmp_path / "scores.jsonl")] == [None]

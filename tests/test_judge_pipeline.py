@@ -151,7 +151,7 @@ def judge_block(server: FakeJudgeServer) -> dict:
         "temperature": 0.0, "max_tokens": 64, "n_examples": N_EXAMPLES, "seed": 3, "baseline": BASELINE,
         "concurrency": CONCURRENCY, "max_retries": 3, "max_invalid_fraction": 0.5,  # 1 in 7 always malformed
         "timeout_s": 1.0, "backoff_s": 0.01,
-        "backoff_max_s": 0.05, "price_per_1k_prompt_tokens": 1.0, "price_per_1k_completion_tokens": 2.0,
+        "backoff_max_s": 0.05, "price_per_1m_prompt_tokens": 1000.0, "price_per_1m_completion_tokens": 2000.0,
         "criteria": CRITERIA,
     }
 
@@ -196,7 +196,8 @@ def test_judge_target_fails_fast(tmp_path, case, reason):
     judge = {"enabled": False}
     key = None
     if case != "disabled":
-        judge = {"enabled": True, "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": KEY_ENV,
+        # not a loopback address, so a key is needed (nothing is ever sent there)
+        judge = {"enabled": True, "base_url": "https://judge.example.com/v1", "model": "m", "api_key_env": KEY_ENV,
                  "baseline": BASELINE}
     if case == "bad-baseline":
         judge["baseline"] = "kl"  # not among the configured methods

@@ -234,6 +234,7 @@ def _plan(args: argparse.Namespace) -> None:
                                 config.get("prompt_format", "chat"))
         lengths[task] = plan.data_lengths(config, task, args.data[task], tok)
     rows = plan.plan_rows(config, cal, jobs, lengths, settings["margin"], args.startup)
+    rows = plan.judge_rows(config, rows, args.data, cal, lengths, settings["margin"], args.startup)
     plan.write_csv(rows, args.out_csv)
     with open(args.out_md, "w") as handle:
         handle.write(plan.summary(rows, config, cal, lengths, settings["target"], settings["margin"], args.startup))

@@ -175,14 +175,36 @@ def read(path: str | Path) -> dict[str, Any]:
 
 def resolve_extends(config: dict[str, Any], where: str | Path) -> dict[str, Any]:
     """``extends: FILE`` (relative to ``where``, the extending file's folder): FILE's config, with this
-    config's keys merged into it (nested mappings key by key, anything else replaced), so a variant
-    such as workflow/configs/study.yaml states only what differs from the default."""
+    config's keys merged into it (``extend``), so a variant such as workflow/configs/study.yaml states
+    only what differs from the default."""
     if "extends" not in config:
         return config
     base_path = Path(where) / str(config["extends"])
     if not base_path.is_file():
         raise ConfigError(f"extends: {base_path} does not exist")
-    return deep_update(read(base_path), {k: v for k, v in config.items() if k != "extends"})
+    return extend(read(base_path), {k: v for k, v in config.items() if k != "extends"})
+
+
+MODEL_SOURCES = ("config", "name_or_path", "from_teacher")  # a model block has exactly one
+
+
+def _model_source(block: Any) -> str | None:
+    return next((k for k in MODEL_SOURCES if k in block), None) if isinstance(block, dict) else None
+
+
+def extend(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``variant`` merged into it: nested mappings key by key, anything else (lists
+    included) replaced; except a model block (``teacher.model``, ``students.<size>``) whose source
+    (config, name_or_path or from_teacher) is not the base's: it replaces the base's block whole,
+    its pretrain and gguf_file included, since a loaded model is never built from config."""
+    merged = deep_update(base, variant)
+    blocks = [("teacher", "model")] + [("students", size) for size in (variant.get("students") or {})]
+    for outer, inner in blocks:
+        old = (base.get(outer) or {}).get(inner) if isinstance(base.get(outer), dict) else None
+        new = (variant.get(outer) or {}).get(inner) if isinstance(variant.get(outer), dict) else None
+        if _model_source(new) is not None and _model_source(old) not in (None, _model_source(new)):
+            merged[outer][inner] = copy.deepcopy(new)
+    return merged
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

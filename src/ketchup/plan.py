@@ -9,13 +9,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ketchup import costmodel, registry
+from ketchup import costmodel, paths, registry
 from ketchup.config import calculator_on, generation_settings, task_lengths as config_lengths
 from ketchup.costmodel import COMPONENTS, Job, SplitLengths, TaskLengths
+from ketchup.judge import RUN_FILES, judge_runs, load_config as judge_config
+from ketchup.judge.estimate import CHARS_PER_TOKEN, COLUMNS as JUDGE_COLUMNS, job_estimate
 
 COLUMNS = ["rule", "output", "benchmark", "wildcards", "task", "student", "method", "predicted_s", "predicted_max_s",
            "predicted_peak_mib", "runtime_min", "mem_mb", "steps", "dev_evals", "decoded_examples", "decoded_tokens",
-           "decoded_tokens_max", "rollouts", *COMPONENTS]
+           "decoded_tokens_max", "rollouts", *COMPONENTS, *JUDGE_COLUMNS]
+JUDGE_RULES = {"score": "judge_scores", "pairwise": "judge_pairwise"}  # workflow/rules/judge.smk
 
 # The settings that set each component's size (the summary names them for the largest shares).
 CONTROLS = {
@@ -58,6 +61,61 @@ def plan_rows(config: dict[str, Any], cal: dict[str, Any], jobs: list[Job], leng
     return [costmodel.plan_row(job, costmodel.job_counts(job, config, cal, lengths, startup), margin) for job in jobs]
 
 
+def judge_rows(config: dict[str, Any], rows: list[dict[str, Any]], data_dirs: dict[str, str], cal: dict[str, Any],
+               lengths: dict[str, TaskLengths], margin: float, startup: str = "cold") -> list[dict[str, Any]]:
+    """``rows`` with the judge's columns (ketchup.judge.estimate) on every judge job of the run
+    (ketchup.judge.judge_runs) when ``judge.enabled``; a judge job the target's DAG lacks (the judge
+    is not part of ``all``) gets a row of its own, whose seconds are its startup (the server's time
+    is not predicted)."""
+    judge = config.get("judge") or {}
+    if not judge.get("enabled"):
+        return rows
+    from ketchup.data import sources
+
+    cfg = judge_config(judge)
+    estimates = {}
+    for task, spec in config["tasks"].items():
+        test = sources.examples(task, Path(data_dirs[task]) / "test.jsonl", spec.get("prompt", ""),
+                                calculator_on(config, task))
+        estimates.update({(kind, task): job_estimate(cfg, kind, task, test) for kind in RUN_FILES})
+    out = list(rows)
+    index = {(r["rule"], r["wildcards"]): r for r in rows}
+    for kind, task, student, method, seed in judge_runs(config):
+        w = {"task": task, "student": student, "method": method, "seed": str(seed)}
+        job = Job(JUDGE_RULES[kind], w, paths.judge_file(task, student, method, seed, RUN_FILES[kind]), "")
+        row = index.get((job.rule, ",".join(f"{k}={v}" for k, v in sorted(w.items()))))
+        if row is None:
+            row = costmodel.plan_row(job, costmodel.job_counts(job, config, cal, lengths, startup), margin)
+            out.append(row)
+        row.update(estimates[(kind, task)])
+    return out
+
+
+def judge_summary(rows: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+    """summary.md's judge section: the totals of the judge columns, by kind of job."""
+    judged = [r for r in rows if r.get("judge_requests") not in (None, "")]
+    if not judged:
+        return []
+    cfg = judge_config(config.get("judge") or {})
+    lines = ["## The LLM judge", "",
+             f"{len(judged)} judge jobs (`results/tables/llm_judge.csv`; not part of `all`), model "
+             f"`{cfg.model}` at {cfg.base_url}. Requests and tokens as the jobs will ask them, with the test "
+             f"references standing in for the outputs; tokens at {CHARS_PER_TOKEN:g} characters a token; the "
+             "upper bound with every judgement's repair turn, max_chars-long outputs and max_tokens-long replies "
+             "(ketchup.judge.estimate).", "",
+             "| jobs | count | requests | at most | prompt tokens | at most | completion tokens | at most | USD | at most |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, rule in (*((k, JUDGE_RULES[k]) for k in RUN_FILES), ("all", None)):
+        part = [r for r in judged if rule is None or r["rule"] == rule]
+        sums = [sum(int(r[c]) for r in part) for c in JUDGE_COLUMNS[:6]]
+        money = [sum(float(r[c]) for r in part) if part and part[0][c] is not None else None
+                 for c in JUDGE_COLUMNS[6:]]
+        lines.append(f"| {label} | {len(part)} | " + " | ".join(str(s) for s in sums) + " | "
+                     + " | ".join("no price set" if m is None else f"{m:.2f}" for m in money) + " |")
+    return lines + ["", "Money where judge.price_per_1m_prompt_tokens / _completion_tokens are set. Retries after "
+                        "server errors and timeouts are not counted.", ""]
+
+
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
@@ -90,7 +148,10 @@ def _table(title: str, items, total: float) -> list[str]:
 def summary(rows: list[dict[str, Any]], config: dict[str, Any], cal: dict[str, Any],
             lengths: dict[str, TaskLengths], target: str, margin: float, startup: str = "cold") -> str:
     """The plan in words: hours by rule, method, task and student size; the total; the share of each
-    component; the settings behind the largest shares; what the prediction rests on."""
+    component; the settings behind the largest shares; what the prediction rests on; the judge's
+    requests and tokens. The hours are the target's jobs' (judge_rows adds judge jobs outside it)."""
+    every = rows
+    rows = [r for r in rows if not (r["rule"] in JUDGE_RULES.values() and not r["benchmark"])]
     total_s = sum(float(r["predicted_s"]) for r in rows)
     total = total_s / 3600 or 1e-12
     upper = sum(float(r["predicted_max_s"]) for r in rows) / 3600
@@ -143,6 +204,8 @@ def summary(rows: list[dict[str, Any]], config: dict[str, Any], cal: dict[str, A
         mean_t = {s: sum(sl.target) / max(sl.n, 1) for s, sl in tl.splits.items()}
         lines.append(f"- {task}: {sizes} examples; mean target {mean_t['dev']:.1f} tokens on dev "
                      f"(max_new_tokens {generation_settings(config, task)['max_new_tokens']}); lengths from {tl.how}.")
+    if judge := judge_summary(every, config):
+        lines += ["", *judge]
     return "\n".join(lines) + "\n"
 
 

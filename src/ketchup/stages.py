@@ -13,9 +13,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ketchup import metrics
-from ketchup.config import TASK_KINDS
+from ketchup.config import TASK_KINDS, ConfigError
 from ketchup.data import sources
-from ketchup.io import read_jsonl, write_json, write_jsonl
+from ketchup.io import read_json, read_jsonl, write_json, write_jsonl
 from ketchup.runtime import compute_device, teacher_dtype
 
 
@@ -194,6 +194,8 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
                                  f"students.{spec['student']}.from_teacher").to(compute_device())
     else:
         model = _build_or_load(spec, spec["model"], tok, f"students.{spec['student']}").to(compute_device())
+        if "name_or_path" in spec["model"]:  # before any work: a student with another tokenizer stops here
+            check_student_tokenizer(spec, model, teacher_dir)
     if method == "prompted":  # the student as it is, without distillation: saved untrained
         _save_untrained(model, tok, out_dir, {"steps": 0, "method": method})
     else:
@@ -204,6 +206,32 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
         saved = load_model(arch, out_dir).to(compute_device())  # untrained (prompted) or dev-best
         write_predictions(saved, tok, arch, task, Path(data_dir) / "test.jsonl", spec["prompt"], spec["generation"],
                           spec["max_source_length"], predictions_path)
+
+
+def check_student_tokenizer(spec: dict[str, Any], model, teacher_dir: str) -> None:
+    """A student loaded by ``name_or_path`` has the teacher's tokenizer (ketchup.tokenizer_match): both
+    tokenizers as the pipeline prepares them (models.prepare_tokenizer, with the prompt format the
+    teacher's saved tokenizer shows), the seq2seq decoder-start ids of both models, the student's rows."""
+    from ketchup import tokenizer_match
+    from ketchup.models import load_tokenizer, prepare_tokenizer
+
+    block, arch = spec["model"], spec["arch"]
+    key = f"students.{spec['student']}.name_or_path"
+    teacher_tok = load_tokenizer(teacher_dir)
+    fmt = "chat" if teacher_tok.chat_template else "plain"
+    try:
+        own = load_tokenizer(block["name_or_path"], block.get("gguf_file"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config key '{key}': cannot load the student's tokenizer from {block['name_or_path']!r} "
+                          f"to check it against the teacher's ({exc})") from exc
+    seq2seq = arch == "seq2seq"
+    teacher_start = read_json(Path(teacher_dir) / "config.json").get("decoder_start_token_id") if seq2seq else None
+    tokenizer_match.check(
+        tokenizer_match.of_tokenizer(prepare_tokenizer(teacher_tok, arch, fmt), teacher_dir, teacher_start),
+        tokenizer_match.of_tokenizer(prepare_tokenizer(own, arch, fmt), block["name_or_path"],
+                                     model.config.decoder_start_token_id if seq2seq else None,
+                                     model.config.vocab_size),
+        key)
 
 
 def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outputs_dir: str, teacher_dir: str,

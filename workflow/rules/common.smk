@@ -9,6 +9,7 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
 from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import tokenizer_match as ktokmatch  # noqa: E402  (tokenizers and json only)
 from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
 from ketchup.io import DataError  # noqa: E402
@@ -24,6 +25,9 @@ try:
         config.clear()
         config.update(resolved)
     kconfig.validate(config)
+    # A local model folder that is missing, or a local student whose tokenizer is not the run's,
+    # stops the DAG build naming the config key (hub models: the student job checks them).
+    ktokmatch.check_local_models(config)
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
@@ -286,17 +290,12 @@ def baseline_predictions(wildcards):
 
 
 def judge_table_inputs(wildcards):
+    """Every judge job's output (ketchup.judge.judge_runs, which the cost plan counts too)."""
     judge_ready()
-    run = ("{task}", "{student}", "{method}", "{seed}")
+    runs = kjudge.judge_runs(config)
     return {
-        "scores": expand(paths.judge_file(*run, "scores.jsonl"), task=TASKS, student=STUDENTS, method=METHODS, seed=SEEDS),
-        "pairwise": expand(
-            paths.judge_file(*run, "pairwise.jsonl"),
-            task=TASKS,
-            student=STUDENTS,
-            method=[m for m in METHODS if m != JUDGE_BASELINE],
-            seed=SEEDS,
-        ),
+        key: [paths.judge_file(*run, kjudge.RUN_FILES[kind]) for kind, *run in runs if kind == want]
+        for key, want in (("scores", "score"), ("pairwise", "pairwise"))
     }
 
 

@@ -8,17 +8,19 @@ Modules
 - :mod:`.client`   -- async OpenAI-compatible client with retries, concurrency cap, usage/cost
 - :mod:`.stages`   -- ``score_run``, ``pairwise_run``, ``judge_table`` (pipeline entry points)
 - :mod:`.figure`   -- ``judge_figure``
+- :mod:`.estimate` -- what a run's judge jobs will ask, for the cost plan (requests, tokens, cost)
 - ``python -m ketchup judge-score | judge-pairwise | judge-table | judge-figure`` -- the stages as commands
 
 Prompt templates live in ``prompts/`` (``system.txt``, ``score.txt``, ``pairwise.txt``).
 """
 
-from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, check_enabled, is_enabled, load_config
+from .config import (RUN_FILES, JudgeAPIError, JudgeConfig, JudgeConfigError, check_enabled, is_enabled,
+                     judge_runs, load_config)
 from .protocol import sample_ids
 
 __all__ = [
     "JudgeAPIError", "JudgeConfig", "JudgeConfigError", "check_enabled", "is_enabled", "load_config",
-    "sample_ids", "score_run", "pairwise_run", "judge_table", "judge_figure",
+    "judge_runs", "RUN_FILES", "sample_ids", "score_run", "pairwise_run", "judge_table", "judge_figure",
 ]
 
 

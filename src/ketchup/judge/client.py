@@ -40,7 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 import openai
 
 from .cache import JudgeCache, cache_key
-from .config import JudgeAPIError, JudgeConfig, JudgeConfigError, JudgeTransportError, get_api_key, load_config
+from .config import (NO_KEY, JudgeAPIError, JudgeConfig, JudgeConfigError, JudgeTransportError, get_api_key,
+                     load_config)
 
 __all__ = ["JudgeClient", "Judgement", "JudgeConfigError", "JudgeAPIError", "JudgeTransportError"]
 
@@ -62,7 +63,7 @@ class Judgement:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # None: no price set
     cached: bool = False
     cacheable: bool = True
     repairs: int = 0  # repair turns asked (0 or 1)
@@ -96,7 +97,7 @@ class JudgeClient:
         if not self.cfg.base_url or not self.cfg.model:
             raise JudgeConfigError("judge.base_url and judge.model must be set to use the LLM judge")
         key = get_api_key(self.cfg)
-        self._secret = key  # kept only to scrub error texts
+        self._secret = key if key != NO_KEY else None  # kept only to scrub error texts
         self._client = openai.AsyncOpenAI(
             base_url=self.cfg.base_url, api_key=key, max_retries=0, timeout=self.cfg.timeout_s
         )
@@ -135,7 +136,7 @@ class JudgeClient:
         return {
             "api_requests": self.n_requests, "repair_requests": self.n_repairs, "cache_hits": self.n_cache_hits,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cfg.cost(self.prompt_tokens, self.completion_tokens), 8),
+            "cost_usd": self.cfg.cost(self.prompt_tokens, self.completion_tokens),
             "structured_output": structured,
         }
 

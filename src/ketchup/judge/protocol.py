@@ -61,6 +61,9 @@ _TASK_DESCRIPTIONS = (
 
 _TRUNC_MARK = " [...]"
 
+# The pairwise orders: ab shows the method's output as A, ba the baseline's.
+PAIR_ORDERS = ("ab", "ba")
+
 
 # --------------------------------------------------------------------------- sampling
 
@@ -153,6 +156,21 @@ def pairwise_messages(task_description: str, source: str, reference: str, output
     """Chat messages asking which of two outputs (A, B) is better, or a tie."""
     return _filled("pairwise", task_description, criteria, max_chars, source=source, reference=reference,
                    output_a=output_a, output_b=output_b)
+
+
+def example_messages(kind: str, task_description: str, source: str, reference: str, output: str,
+                     baseline_output: str | None, criteria: Sequence[str],
+                     max_chars: int | None = None) -> list[list[dict[str, str]]]:
+    """The prompts a sampled example costs, one request each (before retries and repair turns):
+    ``score``, one; ``pairwise``, one per order of PAIR_ORDERS. With ``sample_ids``, the one count
+    of a job's requests: the stages ask these, the plan (ketchup.judge.estimate) counts them."""
+    if kind == "score":
+        return [score_messages(task_description, source, reference, output, criteria, max_chars)]
+    if kind != "pairwise":
+        raise ValueError(f"kind must be 'score' or 'pairwise', got {kind!r}")
+    shown = {"ab": (output, baseline_output), "ba": (baseline_output, output)}
+    return [pairwise_messages(task_description, source, reference, *shown[order], criteria, max_chars)
+            for order in PAIR_ORDERS]
 
 
 def _filled(template: str, task_description: str, criteria: Sequence[str], max_chars: int | None,

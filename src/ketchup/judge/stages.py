@@ -9,7 +9,7 @@ Outputs
 ``score_run`` writes ``out_path`` (JSONL, one line per judged example, in prediction-file order)::
 
     {"id": str, "scores": {criterion: int 1..10 | null}, "valid": bool,
-     "usage": {"prompt_tokens": int, "completion_tokens": int}, "cost_usd": float,
+     "usage": {"prompt_tokens": int, "completion_tokens": int}, "cost_usd": float | null,
      "attempts": int, "repairs": 0 | 1, "repair_usage": {...the repair turn's part of usage...},
      "error": str | null, "reply": str | null}
 
@@ -171,9 +171,9 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
         coros = []
         for ex_id in ids:
             r = preds[ex_id]
-            msgs = protocol.score_messages(tdesc, r.get("source", ""), r.get("reference", ""),
-                                           r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(msgs, parse, version, kind="score", response_format=rf, repair=repair))
+            for msgs in protocol.example_messages("score", tdesc, r.get("source", ""), r.get("reference", ""),
+                                                  r["prediction"], None, criteria, cfg.max_chars):
+                coros.append(jc.judge(msgs, parse, version, kind="score", response_format=rf, repair=repair))
         results: list[Judgement] = await _gather(coros)
         this_run = jc.run_stats()
 
@@ -182,7 +182,7 @@ async def ascore_run(judge_cfg, task: str, predictions_path, out_path, cache_dir
         scores = j.parsed if j.valid else {c: None for c in criteria}
         records.append({
             "id": ex_id, "scores": scores, "valid": j.valid, "usage": j.usage,
-            "cost_usd": round(j.cost_usd, 8), "attempts": j.attempts, "repairs": j.repairs,
+            "cost_usd": j.cost_usd, "attempts": j.attempts, "repairs": j.repairs,
             "repair_usage": j.repair_usage, "error": j.error, "reply": j.reply,
         })
     _check_invalid(records, cfg, "judge scores", predictions_path)
@@ -235,7 +235,7 @@ def _usage_totals(records: Iterable[dict], cfg: JudgeConfig) -> dict:
         "repair_prompt_tokens": sum(int((r.get("repair_usage") or {}).get("prompt_tokens", 0)) for r in records),
         "repair_completion_tokens": sum(int((r.get("repair_usage") or {}).get("completion_tokens", 0))
                                         for r in records),
-        "cost_usd": round(cfg.cost(pt, ct), 8),
+        "cost_usd": cfg.cost(pt, ct),
     }
 
 
@@ -263,16 +263,16 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
         for ex_id in ids:
             r, b = preds[ex_id], base[ex_id]
             src, ref = r.get("source", ""), r.get("reference", "")
-            m_ab = protocol.pairwise_messages(tdesc, src, ref, r["prediction"], b["prediction"], criteria, cfg.max_chars)
-            m_ba = protocol.pairwise_messages(tdesc, src, ref, b["prediction"], r["prediction"], criteria, cfg.max_chars)
-            coros.append(jc.judge(m_ab, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
-            coros.append(jc.judge(m_ba, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
+            for msgs in protocol.example_messages("pairwise", tdesc, src, ref, r["prediction"], b["prediction"],
+                                                  criteria, cfg.max_chars):  # ab, then ba
+                coros.append(jc.judge(msgs, protocol.parse_pairwise_reply, version, kind="pairwise", **ask))
         results: list[Judgement] = await _gather(coros)
         this_run = jc.run_stats()
 
     records = []
+    per = len(protocol.PAIR_ORDERS)
     for k, ex_id in enumerate(ids):
-        j_ab, j_ba = results[2 * k], results[2 * k + 1]
+        j_ab, j_ba = results[per * k: per * (k + 1)]
         o_ab = protocol.orient(j_ab.parsed, "A") if j_ab.valid else None
         o_ba = protocol.orient(j_ba.parsed, "B") if j_ba.valid else None
         combined = protocol.combine_outcomes(o_ab, o_ba)
@@ -287,7 +287,7 @@ async def apairwise_run(judge_cfg, task: str, predictions_path, baseline_predict
             "outcome": combined, "valid": combined != "invalid",
             "usage": {"prompt_tokens": pt, "completion_tokens": ct},
             "repair_usage": {k: j_ab.repair_usage[k] + j_ba.repair_usage[k] for k in j_ab.repair_usage},
-            "cost_usd": round(cfg.cost(pt, ct), 8),
+            "cost_usd": cfg.cost(pt, ct),
         })
     _check_invalid(records, cfg, "judge pairwise", predictions_path)
     both = [r for r in records if r["valid"]]
@@ -450,7 +450,8 @@ def judge_table(score_files: Iterable, pairwise_files: Iterable, out_csv, *, n_b
         row["requests"], row["repair_requests"] = sum(n for n, _ in reqs), sum(k for _, k in reqs)
         row["prompt_tokens"] = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) for r in allr)
         row["completion_tokens"] = sum(int((r.get("usage") or {}).get("completion_tokens", 0)) for r in allr)
-        row["cost_usd"] = float(sum(float(r.get("cost_usd", 0.0)) for r in allr))
+        costs = [float(r["cost_usd"]) for r in allr if r.get("cost_usd") is not None]
+        row["cost_usd"] = float(sum(costs)) if costs else None  # empty without prices
         rows.append(row)
 
     columns = (TABLE_BASE_COLUMNS
