@@ -45,7 +45,7 @@ import sys, yaml
 config = yaml.safe_load(open(sys.argv[1]))
 config["teacher"].setdefault("train", {})["mixed_precision"] = "bf16"
 config.setdefault("train", {})["mixed_precision"] = "bf16"
-for override in config.get("method_overrides", {}).values():
+for override in [*config.get("method_overrides", {}).values(), config.get("rl_train", {})]:
     override.pop("mixed_precision", None)
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 EOF

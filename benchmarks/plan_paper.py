@@ -17,32 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ketchup import config as kconfig, dagjobs, plan  # noqa: E402
-from ketchup.costmodel import SplitLengths, TaskLengths  # noqa: E402
-
-
-def estimated_lengths(config: dict, table: dict) -> dict[str, TaskLengths]:
-    rng = np.random.default_rng(0)
-    out = {}
-    for task in config["tasks"]:
-        row = table[task]
-        max_src, _ = kconfig.task_lengths(config, task)
-        splits = {}
-        for split in ("train", "dev", "test"):
-            n = row[split]
-            draw = lambda mean: np.maximum(2, np.round(mean * rng.lognormal(-table["sigma"] ** 2 / 2,  # noqa: E731
-                                                                               table["sigma"], n))).astype(int)
-            splits[split] = SplitLengths(tuple(np.minimum(draw(row["source"]), max_src).tolist()),
-                                         tuple(draw(row["target"]).tolist()))
-        out[task] = TaskLengths(splits, f"estimates (benchmarks/paper_shapes.yaml: mean source {row['source']}, "
-                                        f"target {row['target']} tokens, log-normal sigma {table['sigma']})")
-    return out
+from ketchup import config as kconfig, dagjobs, gpucost, plan  # noqa: E402
 
 
 def main() -> int:
@@ -74,7 +54,7 @@ def main() -> int:
     work = args.out / "work"
     work.mkdir(exist_ok=True)
     jobs = dagjobs.parse_dry_run(dagjobs.dry_run(ROOT / "Snakefile", work, [args.config.resolve()], settings["target"]))
-    lengths = estimated_lengths(config, shapes["data"])
+    lengths = gpucost.table_lengths(config, shapes["data"])
     rows = plan.plan_rows(config, cal, jobs, lengths, settings["margin"], "cold")
     plan.write_csv(rows, args.out / "cost.csv")
     (args.out / "summary.md").write_text(plan.summary(rows, config, cal, lengths, settings["target"],

@@ -1,7 +1,7 @@
 """Choose rl.ppo_epochs, rl.ppo_minibatches and rl.ppo_clip on the dev split (ketchup-ppo, llmr-ppo).
 
 Each setting trains the PPO students with the budget of rollouts of their methods without PPO (the
-same max_steps of the same batch size: method_overrides are untouched) in a sibling working
+same max_steps of the same batch size: rl_train and method_overrides are untouched) in a sibling working
 directory that shares the finished upstream outputs of ``--workdir`` (hard links; checkpoints are
 not copied). ``--workdir`` needs no finished run: whatever the chosen cells need (teachers, KL
 students, the ketchup / llmr references) is built there first, for the ``--tasks`` and

@@ -65,8 +65,10 @@ def main() -> None:
         if args.rl_key:
             cfg["rl"] = {**cfg.get("rl", {}), args.rl_key: lr}
         else:
-            for method in rl:
-                cfg["method_overrides"][method] = {**cfg["method_overrides"][method], "lr": lr}
+            cfg["rl_train"] = {**cfg.get("rl_train", {}), "lr": lr}
+            for method in rl:  # a method's own lr would win over rl_train's
+                if "lr" in cfg.get("method_overrides", {}).get(method, {}):
+                    cfg["method_overrides"][method]["lr"] = lr
         if cfg == config:
             rows += dev_scores(base, config, lr)  # the base run itself
             continue

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ketchup import config as kconfig, registry
 from ketchup.analysis import figures, settings, significance, tables_paper, variance
-from ketchup.analysis.common import PRIMARY
+from ketchup.analysis.common import primary_metric
 from ketchup.analysis.equal_time import equal_time_table, train_time
 from ketchup.analysis.ksweep import k_sweep_table
 from ketchup.analysis.paper import comparison, paper_numbers
@@ -142,7 +142,7 @@ def _metrics_file(root: Path, task: str, student: str, method: str, seed: int, s
     else:
         path = root / "results" / "metrics" / task / student / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": {PRIMARY["translation"]: metric, "chrf": 1.0}, "per_example": scores}))
+    path.write_text(json.dumps({"metrics": {primary_metric("en_nl"): metric, "chrf": 1.0}, "per_example": scores}))
     return str(path)
 
 
@@ -283,10 +283,16 @@ def test_paper_comparison_marks_like_for_like_rows(tmp_path):
     assert set(decoder.setting) == {"qwen"} and set(decoder.method) == {"kl", "tvd", "llmr", "ketchup"}
 
 
-def test_primary_metric_copy_agrees_with_the_metrics_module():
-    from ketchup import metrics
+def test_primary_metric_comes_from_the_given_tasks_or_the_preset():
+    from ketchup.analysis.common import task_title
 
-    assert PRIMARY == metrics.PRIMARY
+    assert [primary_metric(t) for t in ("xsum", "en_nl", "gsm8k")] == ["rouge1", "bleu", "accuracy"]
+    info = {"qa": {"primary": "accuracy", "title": "QA"}, "en_nl": {"primary": "chrf", "title": "EN-NL"}}
+    assert primary_metric("qa", info) == "accuracy" and task_title("qa", info) == "QA"
+    assert primary_metric("en_nl", info) == "chrf"  # the config's definition wins over the preset
+    assert task_title("mine") == "mine"
+    with pytest.raises(ValueError, match="not a preset"):
+        primary_metric("mine")
 
 
 def test_analysis_settings_and_k_values(default_config):
@@ -312,7 +318,7 @@ def test_analysis_settings_and_k_values(default_config):
 def test_ppo_equal_time_runs_follow_the_cost_ratio(default_config):
     cfg = {**default_config, "methods": ["kl", "llmr", "ketchup", "llmr-ppo", "ketchup-ppo"],
            "analysis": {"ppo_cost_ratio": 1.5}}
-    cfg["method_overrides"] = {**cfg["method_overrides"], "llmr-ppo": {"max_steps": 30}, "ketchup-ppo": {"max_steps": 40}}
+    cfg["method_overrides"] = {**cfg.get("method_overrides", {}), "llmr-ppo": {"max_steps": 30}, "ketchup-ppo": {"max_steps": 40}}
     assert settings.ppo_equal_time(cfg) == {
         "llmr-ppo": {"plain": "llmr", "rollouts": "llmr-ppo", "time": "llmr-ppo-r20"},  # 30 / 1.5
         "ketchup-ppo": {"plain": "ketchup", "rollouts": "ketchup-ppo", "time": "ketchup-ppo-r27"}}  # 40 / 1.5 = 26.7

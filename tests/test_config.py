@@ -160,12 +160,12 @@ def test_method_names_agree_everywhere(monkeypatch):
         beyond = ["gkd", "rkl", "skl", "srkl"]
         paper = [m for m in methods if not registry.get(m).ppo and m not in beyond]
         default = [m for m in methods if m not in beyond]
-        expected = {"paper.yaml": paper, "paper_qwen.yaml": paper, "smollm2_gsm8k.yaml": paper,
+        expected = {"paper.yaml": paper, "paper_qwen.yaml": paper, "paper_budget.yaml": paper, "smollm2_gsm8k.yaml": paper,
                     "study.yaml": methods, "onpolicy.yaml": methods, "test.yaml": [*default, "gkd", "srkl"]}
         assert config["methods"] == expected.get(path.name, default), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
-        overrides = [config.get("method_overrides", {}).get(m) for m in registry.RL_METHODS if m in config["methods"]]
-        assert all(o == overrides[0] for o in overrides), path.name
+        settings = [kconfig.optim_settings(config, m) for m in registry.RL_METHODS if m in config["methods"]]
+        assert all(s == settings[0] for s in settings), path.name
     # A method added to the registry alone is known everywhere the names are read from it.
     new = registry.Method("new-rl", "rl", "teacher", "task", "kl")
     monkeypatch.setitem(registry.METHODS, "new-rl", new)
@@ -258,6 +258,31 @@ def test_settings_precedence(default_config):
     assert kconfig.optim_settings(default_config, "sft")["lr"] == 0.5
     default_config["rl"] = {"clip": 5.0}
     assert kconfig.rl_settings(default_config) == {**kconfig.RL_DEFAULTS, "clip": 5.0}
+
+
+def test_rl_methods_have_their_own_optimizer_defaults(default_config):
+    """train.lr set for the other methods never reaches an RL method: the RL family takes the schema's
+    rl_train defaults over train, then rl_train, then method_overrides; the other keys are train's."""
+    default_config["train"] = {"lr": 1e-3, "batch_size": 4, "warmup_steps": 7}
+    default_config.pop("rl_train", None)
+    default_config["method_overrides"] = {}
+    assert kconfig.RL_OPTIM_DEFAULTS == {"lr": 1e-5}  # the reference's RL lr (docs/settings.md)
+    for run in ("llmr", "llmr-mean", "llmr-minvar", "ketchup", "ketchup-k4", "llmr-ppo", "ketchup-ppo-r27"):
+        rl = kconfig.optim_settings(default_config, run)
+        assert (rl["lr"], rl["batch_size"], rl["warmup_steps"]) == (1e-5, 4, 7), run
+    for method in ("sft", "seqkd", "kl", "js", "tvd"):
+        assert kconfig.optim_settings(default_config, method)["lr"] == 1e-3, method
+    assert kconfig.optim_settings(default_config)["lr"] == 1e-3  # the train block alone
+    default_config["rl_train"] = {"lr": 3e-4, "batch_size": 2}
+    assert (kconfig.optim_settings(default_config, "ketchup")["lr"],
+            kconfig.optim_settings(default_config, "ketchup")["batch_size"]) == (3e-4, 2)
+    assert kconfig.optim_settings(default_config, "kl")["batch_size"] == 4
+    default_config["method_overrides"] = {"llmr": {"lr": 0.5}}
+    assert kconfig.optim_settings(default_config, "llmr")["lr"] == 0.5
+    assert kconfig.optim_settings(default_config, "ketchup")["lr"] == 3e-4
+    kconfig.validate(default_config)
+    default_config["rl_train"] = {"lr": 1e-4, "momentum": 0.9}
+    _raises(default_config, "rl_train.momentum")
 
 
 # --- Snakemake stops at DAG build -----------------------------------------------------------------

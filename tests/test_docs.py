@@ -14,19 +14,18 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from ketchup import config as kconfig
+from ketchup import config as kconfig, tasks
 from ketchup.analysis.paper import paper_numbers
 from ketchup.calculator import annotate
-from ketchup.config import TASK_KINDS
 from ketchup.data import records
 
 DOCS = REPO_ROOT / "docs"
 MARKDOWN = [REPO_ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 # The quick start's two commands, which CI (.ci/run) and the contributors' hook look for verbatim.
-VENV = "python3 -m venv .venv && . .venv/bin/activate && "
-README_COMMANDS = (VENV + "pip install -e . && snakemake --cores 2 results/tables/main.csv",
-                   VENV + "pip install -e '.[test]' && python -m pytest -q")
+SETUP = ("python3 -m venv .venv && . .venv/bin/activate && pip install --require-hashes -r envs/lock/cpu.txt && "
+         "pip install --no-deps --no-build-isolation -e . && ")
+README_COMMANDS = (SETUP + "snakemake --cores 2 results/tables/main.csv", SETUP + "python -m pytest -q")
 
 _FENCE = re.compile(r"^(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -254,12 +253,14 @@ def test_record_examples_pass_the_record_checks():
         example = records.to_example(info, {"id": "0", **record})  # ids are added to records without one
         assert example["source"] and example["target"]
         shown[info] = record
-    assert set(shown) == set(TASK_KINDS)
+    assert set(shown) == set(tasks.PRESETS)
     text = (DOCS / "data.md").read_text(encoding="utf-8")
     assert "from `<<48/2=24>>24` to\n`[ 48/2 = 24 ] 24`" in text and annotate("<<48/2=24>>24") == "[ 48/2 = 24 ] 24"
-    for task, kind in TASK_KINDS.items():  # the table of required fields names the schema's fields
+    for task in tasks.PRESETS:  # the table of presets names each one's fields and metrics
         row = next(line for line in (DOCS / "data.md").read_text().split("\n") if line.startswith(f"| `{task}` |"))
-        assert all(f"`{field}`" in row for field in records.SCHEMAS[kind]), row
+        tdef = tasks.resolve(task)
+        assert all(f"`{field}`" in row for field in tdef["fields"].values()), row
+        assert all(f"`{metric}`" in row for metric in tdef["metrics"]), row
 
 
 def test_yaml_examples_are_valid_configs():

@@ -418,3 +418,94 @@ def test_beyond_methods_train_on_their_sources_with_their_weights(arch, method, 
     weights = {"data": 1.0 - share, "student": share} if len(parts) == 2 else {name: 1.0 for name in parts}
     expected = sum(weights[name] * value for name, value in parts.items())
     assert float(per_token.detach().sum() / mask.sum()) == pytest.approx(expected, rel=1e-5)
+
+
+def _loop_step(model, objective, update, optimizer, scheduler):
+    from accelerate import Accelerator
+
+    from ketchup.config import OPTIM_DEFAULTS
+    from ketchup.training import _optimizer_step
+
+    return _optimizer_step(Accelerator(cpu=True), model, optimizer, scheduler, objective, update,
+                           {**OPTIM_DEFAULTS, "max_grad_norm": None})
+
+
+def test_ppo_update_of_stand_in_rows_only_is_skipped(tok):
+    """A micro-batch of 2 rollouts in 3 minibatches, one process, no accumulation: the third update has
+    only the stand-in row. It makes no optimizer step (AdamW would move the weights on its momentum and
+    weight decay) and no scheduler step."""
+    student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
+    ppo = Objective("llmr-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=4,
+                    rl={**RL_DEFAULTS, "ppo_epochs": 1, "ppo_minibatches": 3})
+    micro = [ppo.rollout(student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))]
+    updates, _ = ppo.updates(student, micro, seed=0, micro_ids=[0])
+    assert [u[0]["ppo"].scale for u in updates] == [1.0, 1.0, 0.0]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    assert all(_loop_step(student, ppo, u, optimizer, scheduler) is not None for u in updates[:2])
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    steps = scheduler.last_epoch
+    assert _loop_step(student, ppo, updates[2], optimizer, scheduler) is None
+    assert scheduler.last_epoch == steps
+    for name, p in student.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+
+
+def test_step_statistics_weigh_micro_batches_by_their_real_rows(tok):
+    """Two micro-batches of 3 and 1 rollouts: the logged statistics are the rows' mean (3:1), not the
+    micro-batches' mean; a PPO stand-in row weighs nothing."""
+    student, teacher = _no_dropout("seq2seq", tok, 0), _no_dropout("seq2seq", tok, 1).eval()
+    sources, targets = SOURCES * 2, TARGETS * 2
+    rl = {**RL_DEFAULTS, "rollout": "sample"}
+    torch.manual_seed(0)
+    ketchup = Objective("ketchup", "seq2seq", tok, teacher=teacher, max_new_tokens=6, rl=rl, k=2)
+    micro = [ketchup.rollout(student, make_batch(tok, sources[:3], targets[:3], "seq2seq", 32, 16)),
+             ketchup.rollout(student, make_batch(tok, sources[3:], targets[3:], "seq2seq", 32, 16))]
+    alone = [ketchup.loss(student, mb)[2] for mb in micro]
+    assert alone[0]["mean_entropy"] != pytest.approx(alone[1]["mean_entropy"], rel=1e-3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    _, stats = _loop_step(student, ketchup, micro, optimizer, scheduler)
+    for key in alone[0]:
+        assert stats[key] == pytest.approx((3 * alone[0][key] + alone[1][key]) / 4, rel=1e-6, abs=1e-9), key
+
+    # PPO: 4 and 2 rollouts in 3 minibatches; the third update is one real row and one stand-in row.
+    ppo = Objective("ketchup-ppo", "seq2seq", tok, teacher=teacher, max_new_tokens=6,
+                    rl={**rl, "ppo_epochs": 1, "ppo_minibatches": 3}, k=2)
+    micro = [ppo.rollout(student, make_batch(tok, SOURCES * 2, TARGETS * 2, "seq2seq", 32, 16)),
+             ppo.rollout(student, make_batch(tok, SOURCES, TARGETS, "seq2seq", 32, 16))]
+    updates, _ = ppo.updates(student, micro, seed=0, micro_ids=[0, 1])
+    last = updates[2]
+    assert [mb["ppo"].scale for mb in last] == [1.0, 0.0] and ppo.real_rows(last[0]) == 1.0
+    assert ppo.real_rows(last[1]) == 0.0
+    real = ppo.loss(student, last[0])[2]
+    stand_in = ppo.loss(student, last[1])[2]
+    assert real["mean_entropy"] != pytest.approx(stand_in["mean_entropy"], rel=1e-3)
+    _, stats = _loop_step(student, ppo, last, optimizer, scheduler)
+    assert stats == pytest.approx(real, rel=1e-6, abs=1e-9)
+
+
+def test_ppo_log_keeps_the_rollout_policys_entropy():
+    """A PPO step logs the rollout batch's mean_entropy (pi_old, Objective.updates) as it is, and the
+    updates' own (pi_theta) as update_mean_entropy: neither overwrites the other."""
+    from ketchup.training import _step_row
+
+    batch = {"mean_entropy": 0.75, "mean_return": 0.25, "rollouts": 4.0}
+    update = lambda h, kl: ({"loss": 1.0, "tokens": 8.0, "grad_norm": 0.5, "lr": 1e-3},  # noqa: E731
+                            {"mean_entropy": h, "approx_kl": kl, "clip_fraction": 0.0})
+    row, stats = _step_row([update(1.0, 0.0), update(2.0, 0.2)], batch, several=True)
+    assert (stats["mean_entropy"], stats["update_mean_entropy"], stats["approx_kl"], stats["approx_kl_last"]) == \
+        (0.75, 1.5, 0.1, 0.2)
+    assert row["updates"] == 2 and stats["mean_return"] == 0.25 and stats["rollouts"] == 4.0
+    _, stats = _step_row([update(3.0, 0.0)], batch)  # one pass, one minibatch
+    assert (stats["mean_entropy"], stats["update_mean_entropy"]) == (0.75, 3.0)
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_teacher_dtype_is_never_float16(monkeypatch, bf16, expected):
+    """teacher.dtype auto on a GPU: bf16 where it has it, else float32 (T5 overflows in fp16)."""
+    from ketchup import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert runtime.teacher_dtype("auto") == expected

@@ -119,67 +119,65 @@ def test_bleu_uses_13a_tokenisation():
 def test_gsm8k_accuracy():
     refs = ["2+2=<<2+2=4>>4\n#### 4", "#### 1,000", "#### 18", "#### -3"]
     preds = ["The answer is 4.", "#### 1000", "A: 19", "it is -3.0"]
-    assert metrics.gsm8k_per_example(preds, refs) == [1, 1, 0, 1]
-    assert metrics.gsm8k_accuracy(preds, refs) == _approx(75.0)
-    assert metrics.gsm8k_accuracy(["no idea"], ["#### 5"]) == 0.0
+    assert metrics.accuracy_per_example(preds, refs, "number") == [1, 1, 0, 1]
+    assert metrics.accuracy(preds, refs, "number") == _approx(75.0)
+    assert metrics.accuracy(["no idea"], ["#### 5"], "number") == 0.0
 
 
-# --- task dispatch -------------------------------------------------------------------------------
+def test_text_exact_match_normalises_case_punctuation_and_spacing():
+    refs = ["Paris", "the Eiffel Tower", "42", "New  York"]
+    preds = [" paris. ", "The Eiffel-Tower", "42.0", "new york!"]
+    # "Eiffel-Tower" loses its hyphen ("eiffeltower"), "42.0" keeps its digits: neither matches as text
+    assert metrics.accuracy_per_example(preds, refs, "text") == [1, 0, 0, 1]
+    assert metrics.accuracy(preds, refs, "text") == _approx(50.0)
+    assert metrics.accuracy_per_example(["", "x"], ["...", "x"], "text") == [0, 1]  # an empty reference never matches
 
 
-def test_task_tables():
-    assert metrics.TASK_METRICS == {
-        "summarization": ["rouge1", "rouge2", "rougeL"],
-        "translation": ["bleu", "chrf"],
-        "arithmetic": ["accuracy"],
-    }
-    assert metrics.PRIMARY == {"summarization": "rouge1", "translation": "bleu", "arithmetic": "accuracy"}
-    for kind, primary in metrics.PRIMARY.items():
-        assert primary in metrics.TASK_METRICS[kind]
+# --- metrics by name -----------------------------------------------------------------------------
 
 
 def test_compute_and_per_example():
-    s = metrics.compute("summarization", PREDS, REFS)
-    assert list(s) == metrics.TASK_METRICS["summarization"]
+    s = metrics.compute(["rouge1", "rouge2", "rougeL"], PREDS, REFS)
+    assert list(s) == ["rouge1", "rouge2", "rougeL"]
     assert s == metrics.rouge(PREDS, REFS)
-    t = metrics.compute("translation", PREDS, REFS)
-    assert list(t) == metrics.TASK_METRICS["translation"]
+    t = metrics.compute(["bleu", "chrf"], PREDS, REFS)
+    assert list(t) == ["bleu", "chrf"]
     assert t["bleu"] == _approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)
     assert t["chrf"] == _approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score)
-    a = metrics.compute("arithmetic", ["#### 3", "#### 4"], ["#### 3", "#### 5"])
+    assert list(metrics.compute(["chrf", "rougeL"], PREDS, REFS)) == ["chrf", "rougeL"]  # the order asked
+    a = metrics.compute(["accuracy"], ["#### 3", "#### 4"], ["#### 3", "#### 5"], "number")
     assert a == {"accuracy": _approx(50.0)}
 
-    assert metrics.per_example("summarization", PREDS, REFS) == [
-        d["rouge1"] for d in metrics.rouge_per_example(PREDS, REFS)
-    ]
-    assert metrics.per_example("translation", PREDS, REFS) == metrics.sentence_bleu(PREDS, REFS)
-    assert metrics.per_example("arithmetic", ["#### 3", "#### 4"], ["#### 3", "#### 5"]) == [100.0, 0.0]
+    assert metrics.per_example("rouge1", PREDS, REFS) == [d["rouge1"] for d in metrics.rouge_per_example(PREDS, REFS)]
+    assert metrics.per_example("rougeL", PREDS, REFS) == [d["rougeL"] for d in metrics.rouge_per_example(PREDS, REFS)]
+    assert metrics.per_example("bleu", PREDS, REFS) == metrics.sentence_bleu(PREDS, REFS)
+    assert metrics.per_example("chrf", PREDS, REFS) == metrics.sentence_chrf(PREDS, REFS)
+    assert metrics.per_example("accuracy", ["#### 3", "#### 4"], ["#### 3", "#### 5"], "number") == [100.0, 0.0]
+    assert metrics.per_example("accuracy", ["Paris"], ["paris"], "text") == [100.0]
     # the per-example primary metric averages to the corpus primary metric where that is a mean
-    per = metrics.per_example("summarization", PREDS, REFS)
+    per = metrics.per_example("rouge1", PREDS, REFS)
     assert sum(per) / len(per) == _approx(s["rouge1"])
 
 
 def test_compute_accepts_tuples_and_generators():
-    assert metrics.compute("translation", tuple(PREDS), (r for r in REFS))["bleu"] == _approx(
-        metrics.bleu(PREDS, REFS)
-    )
+    assert metrics.compute(["bleu"], tuple(PREDS), (r for r in REFS))["bleu"] == _approx(metrics.bleu(PREDS, REFS))
 
 
-@pytest.mark.parametrize("kind", ["summarization", "translation", "arithmetic"])
-def test_length_mismatch_and_empty(kind):
+@pytest.mark.parametrize("names", [["rouge1", "rouge2", "rougeL"], ["bleu", "chrf"], ["accuracy"]])
+def test_length_mismatch_and_empty(names):
     with pytest.raises(ValueError, match=r"3 predictions, 2 references"):
-        metrics.compute(kind, ["a", "b", "c"], ["a", "b"])
+        metrics.compute(names, ["a", "b", "c"], ["a", "b"])
     with pytest.raises(ValueError, match=r"3 predictions, 2 references"):
-        metrics.per_example(kind, ["a", "b", "c"], ["a", "b"])
+        metrics.per_example(names[0], ["a", "b", "c"], ["a", "b"])
     with pytest.raises(ValueError, match="empty"):
-        metrics.compute(kind, [], [])
+        metrics.compute(names, [], [])
     with pytest.raises(ValueError, match="empty"):
-        metrics.per_example(kind, [], [])
+        metrics.per_example(names[0], [], [])
 
 
 @pytest.mark.parametrize(
     "fn", [metrics.rouge, metrics.rouge_per_example, metrics.bleu, metrics.chrf, metrics.sentence_bleu,
-           metrics.gsm8k_accuracy, metrics.gsm8k_per_example],
+           metrics.accuracy, metrics.accuracy_per_example],
 )
 def test_each_wrapper_validates(fn):
     with pytest.raises(ValueError, match=r"1 predictions, 2 references"):
@@ -188,11 +186,13 @@ def test_each_wrapper_validates(fn):
         fn([], [])
 
 
-def test_unknown_kind():
-    with pytest.raises(ValueError, match="unknown task kind"):
-        metrics.compute("poetry", ["a"], ["a"])
-    with pytest.raises(ValueError, match="unknown task kind"):
+def test_unknown_metric():
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.compute(["poetry"], ["a"], ["a"])
+    with pytest.raises(ValueError, match="unknown metric"):
         metrics.per_example("poetry", ["a"], ["a"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        metrics.compute("bleu", ["a"], ["a"])  # a list of names, not one name
 
 
 def test_single_string_rejected():

@@ -273,6 +273,20 @@ def test_induced_values_masked_vocab_entries():
         torch.testing.assert_close(v, torch.tensor([[v_expected] * 2]), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_induced_values_refuse_nan_and_plus_inf_logits(bad):
+    """A teacher that overflowed (T5 in fp16) gives NaN or +inf logits: refused, naming the problem,
+    instead of NaN rewards; at a padding position they are never read."""
+    teacher = torch.tensor([[[1.0, 2.0, 6.0], [0.0, 1.0, 2.0]]])
+    tokens = torch.tensor([[2, 1]])
+    teacher[0, 1, 0] = bad
+    with pytest.raises(ValueError, match="NaN .* or \\+inf .*teacher.dtype"):
+        induced_values(teacher, tokens, torch.ones(1, 2))
+    q, v = induced_values(teacher, tokens, torch.tensor([[1, 0]]))
+    torch.testing.assert_close(q, torch.tensor([[3.0, 0.0]]))
+    assert torch.isfinite(v).all()
+
+
 def test_induced_values_random_against_direct_formula():
     g = _gen(10)
     teacher = torch.randn(3, 4, 9, generator=g) * 1e3

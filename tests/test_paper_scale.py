@@ -137,7 +137,7 @@ def test_paper_config_settings_name_their_source(name):
             block = line.split(":")[0]
             continue
         setting = line.startswith("    ") if block == "method_overrides" else line.startswith("  ")
-        if block in ("train", "method_overrides", "rl", "generation") and setting and not line.strip().startswith("#"):
+        if block in ("train", "rl_train", "method_overrides", "rl", "generation") and setting and not line.strip().startswith("#"):
             assert "#" in line, f"{name}: {line.strip()!r} names no source (a reference flag or '# chosen')"
             checked += 1
     assert checked >= 25
@@ -213,6 +213,9 @@ def test_slurm_profile_gives_gpus_to_training_and_generation_only(name, tmp_path
             assert res["gpu"] == "1" and res["slurm_partition"] == "EDIT-gpu-partition", (rule, res)
             assert int(res["cpus_per_task"]) > 1 and int(res["mem_mb"]) >= 32000, (rule, res)
             assert "--gpus=1" in sbatch and "-p EDIT-gpu-partition" in sbatch, sbatch
+            if rule == "teacher":  # prompted (the paper configs): a short load-and-save; fine-tuned: 48 h
+                prompted = not kconfig.load(CONFIGS / name)["teacher"].get("finetune", True)
+                assert (int(res["runtime"]) <= 120) if prompted else (int(res["runtime"]) == 2880), (name, res)
         else:
             assert not {"gpu", "gpu_model", "gres"} & set(res), (rule, res)
             assert res["slurm_partition"] == "EDIT-cpu-partition" and res["cpus_per_task"] == "1", (rule, res)

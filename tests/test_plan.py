@@ -243,6 +243,14 @@ def test_the_slurm_profile_asks_for_the_plan_runtime(planned_run):
         seen += 1
     # the main table's students: not the K sweep's nor the equal-time runs (analyses)
     assert seen == sum(1 for r in rows if r["rule"] == "student" and not re.search(r"-[kr]\d+$", r["method"]))
+    # the teachers' come through their rule (workflow/rules/common.smk, teacher_resource)
+    teachers = {row["wildcards"]: row for row in rows if row["rule"] == "teacher"}
+    blocks = text.split("rule teacher:")[1:]
+    assert teachers and len(blocks) == len(teachers)
+    for block in blocks:
+        row = teachers["task=" + block.split("wildcards: task=")[1].split("\n")[0].strip()]
+        resources = block.split("resources: ")[1].split("\n")[0]
+        assert f"runtime={row['runtime_min']}," in resources and f"mem_mb={row['mem_mb']}," in resources
 
 
 # --- the calibration's early failure -----------------------------------------------------------

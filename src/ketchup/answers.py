@@ -1,4 +1,5 @@
-"""GSM8K answer handling: calculator annotations, final-answer extraction, numeric comparison.
+"""Answer handling for exact-match accuracy: GSM8K's calculator annotations, final-number extraction
+and numeric comparison (``answer: number``), and normalised text comparison (``answer: text``).
 
 GSM8K reference answers (hub schema, ``openai/gsm8k`` config ``main``) end in ``#### <number>`` and
 contain calculator annotations ``<<expr=result>>``. Model outputs may follow the same format, the
@@ -11,12 +12,16 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 __all__ = [
     "strip_calculator",
     "extract_answer",
     "answers_equal",
     "gsm8k_correct",
+    "normalize_text",
+    "text_correct",
+    "EXTRACTORS",
 ]
 
 # Calculator annotations as in GSM8K, ``<<16-3-4=9>>``, or as the calculator writes them,
@@ -121,3 +126,25 @@ def answers_equal(pred: str | float | int | None, ref: str | float | int | None)
 def gsm8k_correct(prediction_text: str | None, reference_text: str | None) -> bool:
     """Whether a model solution's final answer equals the reference solution's final answer."""
     return answers_equal(extract_answer(prediction_text), extract_answer(reference_text))
+
+
+def normalize_text(text: str | None) -> str:
+    """Unicode NFKC, case-folded, punctuation removed (every Unicode P* character), whitespace
+    collapsed: ``" Paris. "`` and ``"paris"`` compare equal.
+
+    >>> normalize_text("  The  Eiffel-Tower! ")
+    'the eiffeltower'
+    """
+    text = unicodedata.normalize("NFKC", "" if text is None else str(text)).casefold()
+    text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+    return " ".join(text.split())
+
+
+def text_correct(prediction_text: str | None, reference_text: str | None) -> bool:
+    """Exact match of the whole normalised texts (:func:`normalize_text`); an empty reference never matches."""
+    ref = normalize_text(reference_text)
+    return bool(ref) and normalize_text(prediction_text) == ref
+
+
+# A task's ``answer`` key -> its correctness test for the accuracy metric.
+EXTRACTORS = {"number": gsm8k_correct, "text": text_correct}

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--calculator", action="store_true", help="train on targets that keep calculator annotations")
+    _task_def(p)
     p.add_argument("--sentinels", type=int, default=0, help="add this many sentinel tokens (span corruption)")
     p.set_defaults(func=_tokenizer)
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", type=json_spec, required=True)
     p.add_argument("--max-source-length", type=int, required=True)
     p.add_argument("--teacher", action="store_true", help="the teacher: run in --teacher-dtype")
+    _task_def(p)
     p.add_argument("--teacher-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="teacher.dtype (auto: bf16 on a GPU, float32 on the CPU)")
     p.set_defaults(func=_generate)
@@ -58,12 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="task metrics of one prediction file")
     required(p, "task", "predictions", "out")
+    _task_def(p)
     p.set_defaults(func=_score)
 
     p = sub.add_parser("table", help="the tidy main table from metric files")
     p.add_argument("--task-k", type=json_spec, required=True, help='{"task": K}')
     p.add_argument("--out", required=True)
     p.add_argument("--teacher-check", default=None, help="also write teacher vs untrained student here")
+    p.add_argument("--primary", type=json_spec, default=None, help='{"task": primary metric} (default: the presets)')
     p.add_argument("metrics", nargs="+")
     p.set_defaults(func=_table)
 
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_def(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-spec", type=json_spec, default=None,
+                   help="the task's definition, or the part of it the stage needs (JSON; default: the preset --task)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from ketchup.config import ConfigError
     from ketchup.io import DataError, StorageError
@@ -136,10 +145,10 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
-    from ketchup import stages
+    from ketchup import stages, tasks
 
-    stages.tokenizer(task=args.task, data_dir=args.data, prompt=args.prompt, vocab_size=args.vocab_size,
-                     out_dir=args.out, calculator=args.calculator, sentinels=args.sentinels)
+    stages.tokenizer(task=tasks.named(args.task, args.task_spec), data_dir=args.data, prompt=args.prompt,
+                     vocab_size=args.vocab_size, out_dir=args.out, calculator=args.calculator, sentinels=args.sentinels)
 
 
 def _teacher(args: argparse.Namespace) -> None:
@@ -166,11 +175,12 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     import_quietly(*MODEL_MODULES)
-    from ketchup import stages
+    from ketchup import stages, tasks
 
-    stages.outputs(task=args.task, arch=args.arch, model_dir=args.model, data_path=args.data, prompt=args.prompt,
-                   gen=args.generation, max_source_length=args.max_source_length, out_path=args.out,
-                   teacher=args.teacher, teacher_dtype_setting=args.teacher_dtype)
+    stages.outputs(task=tasks.named(args.task, args.task_spec), arch=args.arch, model_dir=args.model,
+                   data_path=args.data, prompt=args.prompt, gen=args.generation,
+                   max_source_length=args.max_source_length, out_path=args.out, teacher=args.teacher,
+                   teacher_dtype_setting=args.teacher_dtype)
 
 
 def _student(args: argparse.Namespace) -> None:
@@ -188,7 +198,7 @@ def _student(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from ketchup.scoring import score
 
-    score(args.task, args.predictions, args.out)
+    score(args.task, args.predictions, args.out, args.task_spec)
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -197,7 +207,7 @@ def _table(args: argparse.Namespace) -> None:
     table = tables.main_table(args.metrics, args.task_k)
     tables.write_csv(table, args.out)
     if args.teacher_check:
-        check = tables.teacher_vs_untrained(table)
+        check = tables.teacher_vs_untrained(table, args.primary)
         print(check.to_string(index=False))
         tables.write_csv(check, args.teacher_check)
 

@@ -16,14 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ketchup import registry
+from ketchup import registry, tasks
 
 SCHEMA_PATH = Path(str(resources.files("ketchup") / "schema" / "config.schema.yaml"))
-
-# Task name -> kind of task (decides the metric and the record schema).
-TASK_KINDS = {"xsum": "summarization", "en_nl": "translation", "gsm8k": "arithmetic"}
-
-
 
 
 @lru_cache(maxsize=None)
@@ -33,7 +28,7 @@ def _schema_text(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 def schema_defaults(*where: str) -> dict[str, Any]:
     """The ``default:`` of each property of the schema node at ``where`` (e.g. ``"$defs", "optim"``):
-    the one place every default is written. Layered settings (defaults < train < method_overrides)
+    the one place every default is written. Layered settings (defaults < train < rl_train < method_overrides)
     merge these under the config, so an override never brings defaults of its own."""
     node = _schema_text()
     for key in where:
@@ -45,6 +40,7 @@ def schema_defaults(*where: str) -> dict[str, Any]:
 RL_DEFAULTS = schema_defaults("properties", "rl")
 DIVERGENCE_DEFAULTS = schema_defaults("properties", "divergence")
 OPTIM_DEFAULTS = schema_defaults("$defs", "optim")
+RL_OPTIM_DEFAULTS = schema_defaults("properties", "rl_train")  # the RL family's own defaults (lr), over train
 GENERATION_DEFAULTS = schema_defaults("properties", "generation")
 LENGTH_DEFAULTS = {k: v for k, v in schema_defaults("$defs", "task").items()
                    if k in ("max_source_length", "max_target_length")}
@@ -114,9 +110,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             if task["source"] == "synthetic" and task.get(f"n_{split}") == "all":
                 raise ConfigError(f"config key 'tasks.{name}.n_{split}': 'all' needs a hub or local source; "
                                   "synthetic data is generated to the size asked, give a number")
-        if task.get("calculator") and name != "gsm8k":
-            raise ConfigError(f"config key 'tasks.{name}.calculator': the calculator is for gsm8k only; remove it "
-                              "or set it to false")
+        check_task(name, task)
     tok = config["tokenizer"]
     if tok["kind"] == "pretrained" and "name_or_path" not in tok and "name_or_path" not in config["teacher"]["model"]:
         raise ConfigError("config key 'tokenizer.name_or_path': a pretrained tokenizer needs a name or the teacher's")
@@ -152,6 +146,44 @@ def _check_semantics(config: dict[str, Any]) -> None:
             if isinstance(task.get("n_train"), int) and held_out >= task["n_train"]:
                 raise ConfigError(f"config key 'students.{name}.pretrain.dev_examples': {held_out} held-out examples "
                                   f"leave none of the {task['n_train']} of tasks.{task_name}.n_train to pretrain on")
+
+
+def check_task(name: str, block: dict[str, Any]) -> None:
+    """A task's definition over its preset (ketchup.tasks) is complete and consistent."""
+    tdef = tasks.resolve(name, block)
+    key = f"tasks.{name}"
+    no_preset = "" if tasks.preset_name(name, block) else (
+        f" (task {name} has no preset: give it, or preset: one of {', '.join(tasks.PRESETS)})")
+    for needed in ("fields", "metrics"):
+        if needed not in tdef:
+            raise ConfigError(f"config key '{key}.{needed}': required{no_preset}")
+    if tdef["primary_metric"] not in tdef["metrics"]:
+        raise ConfigError(f"config key '{key}.primary_metric': {tdef['primary_metric']!r} is not one of the task's "
+                          f"metrics {tdef['metrics']}")
+    for role, text in tdef["fields"].items():
+        try:
+            tasks.template_fields(text)
+        except ValueError as exc:
+            raise ConfigError(f"config key '{key}.fields.{role}': {exc}") from None
+    needs = {"synthetic": "generator", "hub": "hub_name"}.get(tdef["source"])
+    if needs and needs not in tdef:
+        raise ConfigError(f"config key '{key}.{needs}': required for source {tdef['source']}{no_preset}")
+    if tdef.get("calculator") and tdef["answer_format"] != "gsm8k":
+        raise ConfigError(f"config key '{key}.calculator': the calculator works on GSM8K-style references "
+                          "(answer_format: gsm8k); remove it or set it to false")
+
+
+def task_definition(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The task's full definition: its config block over its preset (ketchup.tasks)."""
+    return tasks.resolve(task, config["tasks"][task])
+
+
+def judge_block(config: dict[str, Any]) -> dict[str, Any]:
+    """The judge block as its jobs (and the cost plan) read it: ``task_descriptions`` holds each task's
+    ``description``, replaced by the config's judge.task_descriptions."""
+    judge = config.get("judge") or {}
+    described = {task: task_definition(config, task)["description"] for task in config["tasks"]}
+    return {**judge, "task_descriptions": {**described, **judge.get("task_descriptions", {})}}
 
 
 def check_pretrainable(name: str, student: dict[str, Any]) -> None:
@@ -227,11 +259,16 @@ def deep_update(base: dict, update: dict) -> dict:
 
 
 def optim_settings(config: dict[str, Any], method: str | None = None) -> dict[str, Any]:
-    """Student optimiser settings for a method or run name (defaults < train < method_overrides[method];
-    a run ``{method}-r{N}`` then trains N steps, ``ketchup-k{K}`` as ketchup)."""
+    """Student optimiser settings for a method or run name: defaults < train < method_overrides[method],
+    and for an RL method defaults < train < rl_train's schema defaults < rl_train < method_overrides[method]
+    (so train.lr, set for the other methods, never reaches RL); a run ``{method}-r{N}`` then trains N
+    steps, ``ketchup-k{K}`` as ketchup. Without a method: the train block alone."""
     settings = {**OPTIM_DEFAULTS, **config.get("train", {})}
     if method is not None:
-        settings.update(config.get("method_overrides", {}).get(registry.method_and_k(method, 1)[0], {}))
+        name = registry.method_and_k(method, 1)[0]
+        if registry.get(name).family == "rl":
+            settings.update({**RL_OPTIM_DEFAULTS, **config.get("rl_train", {})})
+        settings.update(config.get("method_overrides", {}).get(name, {}))
         if (steps := registry.rollout_budget(method)) is not None:
             settings["max_steps"] = steps
     return settings
@@ -308,7 +345,7 @@ def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:
 
 
 def calculator_on(config: dict[str, Any], task: str) -> bool:
-    """Whether the task keeps calculator annotations and decodes through the calculator (gsm8k)."""
+    """Whether the task keeps calculator annotations and decodes through the calculator (GSM8K-style)."""
     return bool(config["tasks"][task].get("calculator", False))
 
 

@@ -19,6 +19,7 @@ long a model that writes the reference's lengths decodes); the upper bound, ever
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -105,6 +106,11 @@ def optimizer_seconds(cal: dict[str, Any], model: str) -> float:
 def expected_max(lengths: Iterable[int], batch: int, cap: int, draws: int = 400, seed: int = 0) -> float:
     """The mean, over seeded random micro-batches of ``batch`` examples, of the longest length
     (capped at ``cap``): a random micro-batch's padded length."""
+    return _expected_max(tuple(lengths), batch, cap, draws, seed)
+
+
+@functools.lru_cache(maxsize=64)  # a plan asks the same split's lengths once per job (Europarl: 2M examples)
+def _expected_max(lengths: tuple[int, ...], batch: int, cap: int, draws: int, seed: int) -> float:
     values = [min(x, cap) for x in lengths]
     if not values:
         return 0.0
@@ -289,8 +295,10 @@ def _student(w, config, cal, lengths) -> Counts:
 
 def _teacher(w, config, cal, lengths) -> Counts:
     task = w["task"]
-    if not config["teacher"].get("finetune", True):
-        return Counts()
+    if not config["teacher"].get("finetune", True):  # prompted: the job loads the model and saves it again
+        c = Counts()
+        c.add("other_s", _unit(cal, "teacher", "load_s") + _unit(cal, "teacher", "save_s"))
+        return c
     src, tgt = kconfig.task_lengths(config, task)
     splits = lengths[task].splits
     c = training_counts(cal, "teacher", "supervised", kconfig.teacher_settings(config, task), splits["train"],

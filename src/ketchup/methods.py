@@ -113,6 +113,13 @@ class Objective:
         return self.rl["ppo_epochs"] * self.rl["ppo_minibatches"] if self.ppo else 1
 
     @staticmethod
+    def real_rows(batches: dict[str, Any]) -> float:
+        """The rows (examples or rollouts) of one micro-batch, what its logged statistics weigh; PPO's
+        stand-in rows count for nothing, and a batch given twice (js / tvd on one example) once."""
+        distinct = {id(b): b for b in batches.values()}.values()
+        return sum(float(_rows(b).target_ids.shape[0]) * _scale(b) for b in distinct)
+
+    @staticmethod
     def real_tokens(batches: dict[str, Any]) -> float:
         """The real target tokens of one micro-batch (logged; PPO's stand-in rows count for nothing)."""
         return sum(float(_rows(b).target_mask.sum()) * _scale(b) for b in batches.values())
@@ -129,18 +136,20 @@ class Objective:
         resumed run deals the same, and two processes deal as one accumulating their micro-batches)
         and dealt into rl.ppo_minibatches parts, and update j takes part j of every micro-batch. A part left
         empty (a micro-batch with fewer rows than minibatches) becomes one row of weight 0, so that
-        every process runs as many backward passes per update.
+        every process runs as many backward passes per update; an update of such rows only, on every
+        process, is skipped by the loop (``training._optimizer_step``).
         """
         if not self.ppo:
             return [micro], {}
         epochs, parts = self.rl["ppo_epochs"], self.rl["ppo_minibatches"]
         prepared, stats = [], {}
-        for mb in micro:
+        rollouts = float(sum(mb["student"].target_ids.shape[0] for mb in micro))
+        for mb in micro:  # each micro-batch's statistics weighed by its rollouts
             p, s = self.prepare(student, mb["student"])
             prepared.append(p)
             for k, v in s.items():
-                stats[k] = stats.get(k, 0.0) + v / len(micro)
-        stats["rollouts"] = float(sum(p.batch.target_ids.shape[0] for p in prepared))
+                stats[k] = stats.get(k, 0.0) + v * (mb["student"].target_ids.shape[0] / rollouts)
+        stats["rollouts"] = rollouts
         if epochs == 1 and parts == 1:
             return [[{PPO_ROWS: p} for p in prepared]], stats
         generators = [torch.Generator().manual_seed(seed * 1_000_003 + m) for m in micro_ids]

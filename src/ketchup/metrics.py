@@ -10,11 +10,12 @@ All corpus-level scores are on the 0-100 scale.
   ``sacrebleu.corpus_chrf(predictions, [references])``, sacrebleu defaults (13a tokenisation, BLEU
   exponential smoothing, chrF char order 6 / word order 0 / beta 2). Per-example BLEU uses
   ``sacrebleu.sentence_bleu(prediction, [reference])`` (defaults, i.e. ``effective_order=True``).
-- Arithmetic (GSM8K): accuracy in percent, an example being correct when the final number of the
-  prediction equals that of the reference numerically (see :mod:`ketchup.answers`).
+- Accuracy: exact match in percent, per the task's answer extractor (``answer``): ``number``, the
+  final number of the prediction equals that of the reference numerically (GSM8K's; see
+  :mod:`ketchup.answers`), or ``text``, the normalised texts are equal (``answers.normalize_text``).
 
-``compute(kind, ...)`` gives every metric of a task kind, ``per_example(kind, ...)`` the per-example
-primary metric (for paired bootstrap significance tests), ``PRIMARY[kind]`` its name.
+A task declares its metrics among ``METRICS`` (ketchup.tasks); ``compute(names, ...)`` gives them,
+``per_example(name, ...)`` the per-example score of one (its primary, for paired bootstrap tests).
 """
 
 from __future__ import annotations
@@ -24,38 +25,25 @@ from functools import lru_cache
 
 import sacrebleu
 
-from ketchup.answers import gsm8k_correct
+from ketchup.answers import EXTRACTORS
+from ketchup.tasks import METRICS
 
 __all__ = [
     "ROUGE_TYPES",
-    "TASK_METRICS",
-    "PRIMARY",
+    "METRICS",
     "rouge",
     "rouge_per_example",
     "bleu",
     "chrf",
     "sentence_bleu",
     "sentence_chrf",
-    "gsm8k_accuracy",
-    "gsm8k_per_example",
+    "accuracy",
+    "accuracy_per_example",
     "compute",
     "per_example",
 ]
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-
-TASK_METRICS: dict[str, list[str]] = {
-    "summarization": ["rouge1", "rouge2", "rougeL"],
-    "translation": ["bleu", "chrf"],
-    "arithmetic": ["accuracy"],
-}
-
-PRIMARY: dict[str, str] = {
-    "summarization": "rouge1",
-    "translation": "bleu",
-    "arithmetic": "accuracy",
-}
-
 
 def _check(predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
     """Materialise both sides as lists; raise ValueError if empty or of different lengths."""
@@ -123,44 +111,52 @@ def sentence_chrf(predictions: Sequence[str], references: Sequence[str]) -> list
     return [float(sacrebleu.sentence_chrf(p, [r]).score) for p, r in zip(preds, refs)]
 
 
-def gsm8k_per_example(predictions: Sequence[str], references: Sequence[str]) -> list[int]:
-    """Per-example GSM8K correctness, 1 or 0 (:func:`ketchup.answers.gsm8k_correct`)."""
+def accuracy_per_example(predictions: Sequence[str], references: Sequence[str], answer: str = "number") -> list[int]:
+    """Per-example correctness, 1 or 0, by the ``answer`` extractor (:data:`ketchup.answers.EXTRACTORS`)."""
     preds, refs = _check(predictions, references)
-    return [int(gsm8k_correct(p, r)) for p, r in zip(preds, refs)]
+    correct = EXTRACTORS[answer]
+    return [int(correct(p, r)) for p, r in zip(preds, refs)]
 
 
-def gsm8k_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """GSM8K accuracy in percent (0-100)."""
-    per = gsm8k_per_example(predictions, references)
+def accuracy(predictions: Sequence[str], references: Sequence[str], answer: str = "number") -> float:
+    """Exact-match accuracy in percent (0-100)."""
+    per = accuracy_per_example(predictions, references, answer)
     return 100.0 * sum(per) / len(per)
 
 
-def _kind(kind: str) -> str:
-    if kind not in TASK_METRICS:
-        raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(TASK_METRICS)}")
-    return kind
+def _names(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not names or any(n not in METRICS for n in names):
+        raise ValueError(f"unknown metric(s) {names!r}; expected a list of {', '.join(METRICS)}")
+    return list(names)
 
 
-def compute(kind: str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """All metrics of a task kind (keys ``TASK_METRICS[kind]``), each on the 0-100 scale."""
-    kind = _kind(kind)
-    if kind == "summarization":
-        return rouge(predictions, references)
-    if kind == "translation":
-        preds, refs = _check(predictions, references)
-        return {"bleu": bleu(preds, refs), "chrf": chrf(preds, refs)}
-    return {"accuracy": gsm8k_accuracy(predictions, references)}
+def compute(names: Sequence[str], predictions: Sequence[str], references: Sequence[str],
+            answer: str = "number") -> dict[str, float]:
+    """The metrics ``names`` (a task's ``metrics``), in that order, each on the 0-100 scale
+    (``answer``: accuracy's extractor)."""
+    names = _names(names)
+    preds, refs = _check(predictions, references)
+    scores: dict[str, float] = {}
+    if any(n in ROUGE_TYPES for n in names):
+        scores.update(rouge(preds, refs))
+    if "bleu" in names:
+        scores["bleu"] = bleu(preds, refs)
+    if "chrf" in names:
+        scores["chrf"] = chrf(preds, refs)
+    if "accuracy" in names:
+        scores["accuracy"] = accuracy(preds, refs, answer)
+    return {n: scores[n] for n in names}
 
 
-def per_example(kind: str, predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Per-example primary metric (``PRIMARY[kind]``), 0-100 scale.
-
-    Summarization: ROUGE-1 F1 * 100; translation: sentence BLEU; arithmetic: 0 or 100.
-    Note for translation the mean of sentence BLEU is not the corpus BLEU.
-    """
-    kind = _kind(kind)
-    if kind == "summarization":
-        return [d["rouge1"] for d in rouge_per_example(predictions, references)]
-    if kind == "translation":
+def per_example(name: str, predictions: Sequence[str], references: Sequence[str],
+                answer: str = "number") -> list[float]:
+    """Per-example score of the metric ``name`` (a task's primary), 0-100 scale: ROUGE F1 * 100,
+    sentence BLEU or chrF, or 0 / 100 for accuracy. The mean of sentence BLEU is not the corpus BLEU."""
+    (name,) = _names([name])
+    if name in ROUGE_TYPES:
+        return [d[name] for d in rouge_per_example(predictions, references)]
+    if name == "bleu":
         return sentence_bleu(predictions, references)
-    return [100.0 * c for c in gsm8k_per_example(predictions, references)]
+    if name == "chrf":
+        return sentence_chrf(predictions, references)
+    return [100.0 * c for c in accuracy_per_example(predictions, references, answer)]

@@ -324,7 +324,9 @@ def induced_values(
 
     ``-inf`` teacher logits (masked vocabulary entries) are treated as absent: they are left out of
     the centring mean, the max and the expectation; a token whose teacher logit is ``-inf`` gets
-    q_t = min over the finite entries of Q_t (instead of -inf) so that returns stay finite.
+    q_t = min over the finite entries of Q_t (instead of -inf) so that returns stay finite. A NaN or
+    ``+inf`` logit at a real position (a teacher overflowing, e.g. T5 in float16) raises ValueError
+    naming it, instead of becoming NaN rewards; padding positions are never read.
     """
     if value not in _VALUES:
         raise ValueError(f"unknown value {value!r}; allowed: {', '.join(_VALUES)}")
@@ -343,6 +345,11 @@ def _induced_rows(logit_rows: torch.Tensor, id_rows: torch.Tensor, value: str) -
     """induced_values on real positions only: [N, V] logits, [N, 1] ids -> [N, 2] (q, v)."""
     z = logit_rows.float()
     finite = torch.isfinite(z)
+    if not bool(finite.all()) and bool((~finite & (z != -math.inf)).any()):
+        nan, pos_inf = int(z.isnan().any(-1).sum()), int(z.isposinf().any(-1).sum())
+        raise ValueError(f"teacher logits hold NaN ({nan} positions) or +inf ({pos_inf} positions) among the "
+                         "real target positions, which would make the rewards NaN: the teacher overflowed "
+                         "(a T5 teacher in float16 does; run it in float32 or bfloat16, teacher.dtype)")
     centre = torch.where(finite, z, 0.0).sum(-1) / finite.sum(-1).clamp(min=1)
     big_q = z - centre[:, None]
     q_min = torch.where(finite, big_q, math.inf).amin(-1)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ketchup import costmodel, paths, registry
-from ketchup.config import calculator_on, generation_settings, task_lengths as config_lengths
+from ketchup.config import (calculator_on, generation_settings, judge_block, task_definition,
+                            task_lengths as config_lengths)
 from ketchup.costmodel import COMPONENTS, Job, SplitLengths, TaskLengths
 from ketchup.judge import RUN_FILES, judge_runs, load_config as judge_config
 from ketchup.judge.estimate import CHARS_PER_TOKEN, COLUMNS as JUDGE_COLUMNS, job_estimate
@@ -22,11 +23,11 @@ JUDGE_RULES = {"score": "judge_scores", "pairwise": "judge_pairwise"}  # workflo
 
 # The settings that set each component's size (the summary names them for the largest shares).
 CONTROLS = {
-    "train_s": "train.max_steps / train.epochs, train.batch_size x train.grad_accum (method_overrides per method), "
+    "train_s": "train.max_steps / train.epochs, train.batch_size x train.grad_accum (rl_train for the RL methods, method_overrides per method), "
                "the student and teacher sizes, max_source_length / max_target_length",
-    "dev_eval_s": "train.eval_every and train.dev_eval_examples (method_overrides per method), generation.batch_size, "
+    "dev_eval_s": "train.eval_every and train.dev_eval_examples (rl_train, method_overrides), generation.batch_size, "
                   "generation.max_new_tokens (decodes stop at the batch's longest output)",
-    "rollout_s": "the RL methods' max_steps x batch_size x grad_accum (method_overrides), max_target_length (the "
+    "rollout_s": "the RL methods' max_steps x batch_size x grad_accum (rl_train, method_overrides), max_target_length (the "
                  "rollouts' length), rollouts decoded batch_size at a time",
     "generation_s": "the test split (n_test) and the teacher's train split decoded once, generation.batch_size, "
                     "generation.max_new_tokens",
@@ -48,7 +49,8 @@ def data_lengths(config: dict[str, Any], task: str, data_dir: str | Path, tokeni
     prompt = config["tasks"][task].get("prompt", "")
     splits = {}
     for split in ("train", "dev", "test"):
-        examples = sources.examples(task, Path(data_dir) / f"{split}.jsonl", prompt, calculator_on(config, task))
+        examples = sources.examples(task_definition(config, task), Path(data_dir) / f"{split}.jsonl", prompt,
+                                    calculator_on(config, task))
         src = encode_sources(tokenizer, [e["source"] for e in examples], config["architecture"], max_src)
         # Targets untruncated, so a decode's predicted length can reach max_new_tokens (capped there).
         tgt = encode_targets(tokenizer, [e["target"] for e in examples], 10**9)
@@ -72,11 +74,11 @@ def judge_rows(config: dict[str, Any], rows: list[dict[str, Any]], data_dirs: di
         return rows
     from ketchup.data import sources
 
-    cfg = judge_config(judge)
+    cfg = judge_config(judge_block(config))  # each task's description, as the judge jobs get it
     estimates = {}
     for task, spec in config["tasks"].items():
-        test = sources.examples(task, Path(data_dirs[task]) / "test.jsonl", spec.get("prompt", ""),
-                                calculator_on(config, task))
+        test = sources.examples(task_definition(config, task), Path(data_dirs[task]) / "test.jsonl",
+                                spec.get("prompt", ""), calculator_on(config, task))
         estimates.update({(kind, task): job_estimate(cfg, kind, task, test) for kind in RUN_FILES})
     out = list(rows)
     index = {(r["rule"], r["wildcards"]): r for r in rows}

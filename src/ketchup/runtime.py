@@ -87,11 +87,12 @@ def compute_device() -> torch.device:
 
 def teacher_dtype(setting: str = "auto") -> torch.dtype | None:
     """The teacher's weights when it runs without gradient (``teacher.dtype``): ``auto`` is bf16 on a
-    GPU that has it (fp16 on one without), None (as saved: the teacher stage saves float32) on the CPU."""
+    GPU that has it, float32 on one without (never fp16: T5's activations overflow its range, and the
+    rewards are read from the logits), None (as saved: the teacher stage saves float32) on the CPU."""
     import torch
 
     if setting != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return None

@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ketchup import metrics
-from ketchup.config import TASK_KINDS, ConfigError
+from ketchup.config import ConfigError
 from ketchup.data import sources
 from ketchup.io import read_json, read_jsonl, write_json, write_jsonl
 from ketchup.runtime import compute_device, teacher_dtype
@@ -23,8 +23,9 @@ def data(*, task: str, spec: dict[str, Any], seed: int, out_dir: str) -> None:
     sources.build(task, spec, seed, out_dir)
 
 
-def tokenizer(*, task: str, data_dir: str, prompt: str, vocab_size: int, out_dir: str, calculator: bool = False,
-              sentinels: int = 0) -> None:
+def tokenizer(*, task: dict[str, Any], data_dir: str, prompt: str, vocab_size: int, out_dir: str,
+              calculator: bool = False, sentinels: int = 0) -> None:
+    """``task``: the task's definition (ketchup.tasks: its fields say what text there is)."""
     from ketchup.tokenizer import build
 
     build(sources.examples(task, Path(data_dir) / "train.jsonl", prompt, calculator), vocab_size, out_dir, sentinels)
@@ -51,15 +52,16 @@ def generate_texts(model, tok, arch: str, sources_: list[str], gen: dict[str, An
     return outputs
 
 
-def dev_evaluator(task: str, tok, arch: str, dev: list[dict[str, str]], gen: dict[str, Any],
+def dev_evaluator(task: dict[str, Any], tok, arch: str, dev: list[dict[str, str]], gen: dict[str, Any],
                   max_source_length: int, n: int):
-    """A function model -> primary dev metric on the first ``n`` dev examples (greedy decoding)."""
+    """A function model -> the task's primary metric (``task``: its definition) on the first ``n`` dev
+    examples (greedy decoding)."""
     subset = dev[:n]
-    kind = TASK_KINDS[task]
+    primary, answer = task["primary_metric"], task.get("answer", "text")
 
     def evaluate(model) -> float:
         preds = generate_texts(model, tok, arch, [ex["source"] for ex in subset], gen, max_source_length, "dev")
-        return metrics.compute(kind, preds, [ex["target"] for ex in subset])[metrics.PRIMARY[kind]]
+        return metrics.compute([primary], preds, [ex["target"] for ex in subset], answer)[primary]
 
     return evaluate
 
@@ -86,16 +88,16 @@ def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir
     from ketchup.methods import Objective
     from ketchup.training import TrainData, train
 
-    task, arch = spec["task"], spec["arch"]
+    task, arch, tdef = spec["task"], spec["arch"], task_definition(spec)
     tok = _task_tokenizer(spec, tokenizer_dir)
     calc = spec["generation"].get("calculator", False)
-    train_ex = sources.examples(task, Path(data_dir) / "train.jsonl", spec["prompt"], calc)
-    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
+    train_ex = sources.examples(tdef, Path(data_dir) / "train.jsonl", spec["prompt"], calc)
+    dev_ex = sources.examples(tdef, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
     model = _build_or_load(spec, spec["model"], tok, "teacher.model").to(compute_device())
     if not spec.get("finetune", True):  # use the teacher as it is (e.g. an already fine-tuned checkpoint)
         _save_untrained(model, tok, out_dir, {"steps": 0, "role": "teacher", "task": task, "finetune": False})
         return
-    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
+    evaluate = dev_evaluator(tdef, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     identity = run_identity(spec, {"train": Path(data_dir) / "train.jsonl", "dev": Path(data_dir) / "dev.jsonl",
                                    "tokenizer": tokenizer_dir, "model": spec["model"].get("name_or_path")})
@@ -104,6 +106,14 @@ def teacher(*, spec: dict[str, Any], data_dir: str, tokenizer_dir: str, ckpt_dir
           spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate, ckpt_dir=ckpt_dir, out_dir=out_dir,
           max_source_length=spec["max_source_length"], max_target_length=spec["max_target_length"],
           run_info={"name": f"teacher/{task}", "task": task, "role": "teacher"}, identity=identity)
+
+
+def task_definition(spec: dict[str, Any]) -> dict[str, Any]:
+    """The task's definition in a stage's spec (``task_def``: what the stage needs of it; a spec
+    without one names a preset, ketchup.tasks), named."""
+    from ketchup import tasks
+
+    return tasks.named(spec["task"], spec.get("task_def"))
 
 
 def _task_tokenizer(spec: dict[str, Any], tokenizer_dir: str):
@@ -128,7 +138,7 @@ def pretrain(*, spec: dict[str, Any], data_path: str, tokenizer_dir: str, ckpt_d
 
     task, arch, student, settings = spec["task"], spec["arch"], spec["student"], spec["pretrain"]
     tok = _task_tokenizer(spec, tokenizer_dir)
-    examples = sources.examples(task, data_path, "", spec["calculator"])  # raw text: no task prompt
+    examples = sources.examples(task_definition(spec), data_path, "", spec["calculator"])  # raw text: no prompt
     kept, held = pretraining.hold_out(examples, settings["dev_examples"], spec["seed"],
                                       f"students.{student}.pretrain.dev_examples")
     if arch == "seq2seq":
@@ -154,10 +164,10 @@ def run_identity(spec: dict[str, Any], inputs: dict[str, str | Path | None]) -> 
     return {"spec": spec, "inputs": input_digests(inputs)}
 
 
-def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
+def outputs(*, task: dict[str, Any], arch: str, model_dir: str, data_path: str, prompt: str, gen: dict[str, Any],
             max_source_length: int, out_path: str, teacher: bool = False, teacher_dtype_setting: str = "auto") -> None:
     """Greedy outputs of a saved model on one split: {id, source, reference, prediction} per line
-    (a teacher's in ``teacher.dtype``)."""
+    (a teacher's in ``teacher.dtype``; ``task``: the task's definition)."""
     from ketchup.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)
@@ -166,8 +176,8 @@ def outputs(*, task: str, arch: str, model_dir: str, data_path: str, prompt: str
     write_predictions(model, tok, arch, task, data_path, prompt, gen, max_source_length, out_path)
 
 
-def write_predictions(model, tok, arch: str, task: str, data_path: str | Path, prompt: str, gen: dict[str, Any],
-                      max_source_length: int, out_path: str) -> None:
+def write_predictions(model, tok, arch: str, task: dict[str, Any], data_path: str | Path, prompt: str,
+                      gen: dict[str, Any], max_source_length: int, out_path: str) -> None:
     examples = sources.examples(task, data_path, prompt, gen.get("calculator", False))
     preds = generate_texts(model, tok, arch, [e["source"] for e in examples], gen, max_source_length,
                            f"generate {Path(out_path).parent.name}/{Path(out_path).stem}")
@@ -204,7 +214,8 @@ def student(*, spec: dict[str, Any], data_dir: str, teacher_outputs_dir: str, te
 
     if PartialState().is_main_process:  # under `accelerate launch`, one process writes the model and predicts
         saved = load_model(arch, out_dir).to(compute_device())  # untrained (prompted) or dev-best
-        write_predictions(saved, tok, arch, task, Path(data_dir) / "test.jsonl", spec["prompt"], spec["generation"],
+        write_predictions(saved, tok, arch, task_definition(spec), Path(data_dir) / "test.jsonl", spec["prompt"],
+                          spec["generation"],
                           spec["max_source_length"], predictions_path)
 
 
@@ -243,12 +254,12 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
     from ketchup.models import load_model
     from ketchup.training import TrainData, train
 
-    task, arch, method = spec["task"], spec["arch"], spec["method"]
+    task, arch, method, tdef = spec["task"], spec["arch"], spec["method"], task_definition(spec)
     calc = spec["generation"].get("calculator", False)
-    dev_ex = sources.examples(task, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
+    dev_ex = sources.examples(tdef, Path(data_dir) / "dev.jsonl", spec["prompt"], calc)
     if registry.get(method).trains_on == "ground_truth":
         train_path = Path(data_dir) / "train.jsonl"
-        train_ex = sources.examples(task, train_path, spec["prompt"], calc)
+        train_ex = sources.examples(tdef, train_path, spec["prompt"], calc)
         data_ = TrainData([e["source"] for e in train_ex], [e["target"] for e in train_ex])
     else:
         train_path = Path(teacher_outputs_dir) / "train.jsonl"
@@ -259,7 +270,7 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
                           rl=spec.get("rl", {}), k=spec.get("k", 1), divergence=spec.get("divergence", {}),
                           logits_processor=processors(spec["generation"], tok), decoding=Decoding.of(spec["generation"]))
-    evaluate = dev_evaluator(task, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
+    evaluate = dev_evaluator(tdef, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])
     train(model, tok, objective, data_, spec["train"], arch=arch, seed=spec["seed"], evaluate=evaluate,
           ckpt_dir=ckpt_dir, out_dir=out_dir, max_source_length=spec["max_source_length"],

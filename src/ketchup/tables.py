@@ -59,18 +59,18 @@ def write_csv(frame: pd.DataFrame, out: str) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def teacher_vs_untrained(table: pd.DataFrame) -> pd.DataFrame:
-    """Per task and student size: the teacher's primary metric beside the untrained student's.
+def teacher_vs_untrained(table: pd.DataFrame, primary: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per task and student size: the teacher's primary metric (``primary``: task -> metric; default,
+    the preset of the task's name) beside the untrained student's.
 
     Distillation results mean nothing unless the teacher clearly beats a student that was never
     trained; this table makes that visible for every run of the pipeline.
     """
-    from ketchup.config import TASK_KINDS
-    from ketchup.metrics import PRIMARY
+    from ketchup import tasks
 
     rows = []
     for task in sorted(table["task"].unique()):
-        metric = PRIMARY[TASK_KINDS[task]]
+        metric = (primary or {}).get(task) or tasks.named(task, None)["primary_metric"]
         sub = table[(table["task"] == task) & (table["metric"] == metric)]
         teacher = sub[sub["method"] == "teacher"]["mean"]
         for _, row in sub[sub["method"] == "prompted"].iterrows():

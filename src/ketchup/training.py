@@ -186,11 +186,13 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
             micro.append(objective.rollout(accelerator.unwrap_model(model), batch))
         updates, batch_stats = objective.updates(accelerator.unwrap_model(model), micro, seed=seed,
                                                  micro_ids=micro_ids)
-        if world > 1 and batch_stats:  # of the whole rollout batch: rollouts summed, the rest averaged
-            rollouts, rest = _across_processes(accelerator, batch_stats.pop("rollouts"), batch_stats)
-            batch_stats = {**rest, "rollouts": rollouts}
-        row, stats = _step_row([_optimizer_step(accelerator, model, optimizer, scheduler, objective, update, settings)
-                                for update in updates], batch_stats)
+        if world > 1 and batch_stats:  # of the whole rollout batch: rollouts summed, the rest weighed by them
+            rollouts = batch_stats.pop("rollouts")
+            total, sums = _across_processes(accelerator, rollouts, {k: v * rollouts for k, v in batch_stats.items()})
+            batch_stats = {**{k: v / total for k, v in sums.items()}, "rollouts": total}
+        done = [result for update in updates
+                if (result := _optimizer_step(accelerator, model, optimizer, scheduler, objective, update, settings))]
+        row, stats = _step_row(done, batch_stats, several=len(updates) > 1)
         state["step"] = step + 1
         ckpt.log({"step": state["step"], "epoch": (state["step"] * accum * world) / micro_per_epoch, **row,
                   "seconds": time.perf_counter() - started, **stats, **_cuda_memory()})
@@ -215,22 +217,31 @@ def train(model, tokenizer, objective: Objective, data: TrainData | TokenData, s
 
 
 def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objective: Objective,
-                    micro: list[dict], settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+                    micro: list[dict], settings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]] | None:
     """One update from the rolled-out micro-batches; the loss is normalised over the whole optimizer
     step (after generation, across gradient accumulation and processes): by its real target tokens,
-    or for RL with ``rl.normalize: sequence`` by its sequences (``objectives.normalization``)."""
-    world, accum = accelerator.num_processes, len(micro)
-    counts = torch.tensor([sum(objective.real_tokens(mb) for mb in micro),
-                           sum(objective.units(mb) for mb in micro)], device=accelerator.device)
-    tokens, units = accelerator.reduce(counts, "sum") if world > 1 else counts
+    or for RL with ``rl.normalize: sequence`` by its sequences (``objectives.normalization``).
+
+    An update with nothing to normalise on any process (a PPO minibatch of stand-in rows only) is
+    skipped and gives None: AdamW would still move the weights on its momentum and weight decay, and
+    the scheduler would spend a step. The logged statistics weigh each micro-batch by its real rows
+    (stand-in rows weigh nothing), over all processes."""
+    world = accelerator.num_processes
+    rows = [objective.real_rows(mb) for mb in micro]
+    counts = torch.tensor([sum(objective.real_tokens(mb) for mb in micro), sum(objective.units(mb) for mb in micro),
+                           sum(rows)], device=accelerator.device)
+    tokens, units, all_rows = accelerator.reduce(counts, "sum") if world > 1 else counts
+    if float(units) == 0.0:
+        return None
     loss_total, stats_sum = 0.0, {}
-    for mb in micro:
+    for mb, n_rows in zip(micro, rows):
         per_token, mask, stats = objective.loss(model, mb)
         loss = per_token.sum() / units.clamp(min=1.0) * world  # DDP averages over processes
         accelerator.backward(loss)
         loss_total += float(loss.detach()) / world
+        weight = n_rows / float(all_rows)  # exactly 1.0 for a lone micro-batch: its statistics unchanged
         for k, v in stats.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + v / accum
+            stats_sum[k] = stats_sum.get(k, 0.0) + v * weight
     if world > 1:  # the logged loss and statistics are of the whole step, all processes' micro-batches
         loss_total, stats_sum = _across_processes(accelerator, loss_total, stats_sum)
     if settings["max_grad_norm"]:
@@ -244,33 +255,35 @@ def _optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, objec
             "lr": scheduler.get_last_lr()[0]}, stats_sum
 
 
-def _step_row(results: list[tuple[dict[str, float], dict[str, float]]], batch_stats: dict[str, float]
-              ) -> tuple[dict[str, float], dict[str, float]]:
-    """One log row per step from its updates' rows: one update's as it is; several (PPO): loss,
-    grad_norm and the loss's statistics averaged over the updates, the lr after the last, the tokens
-    of all updates (each pass counts the batch's tokens once), the number of updates, the last
-    update's approx_kl (old policy against the one the last update started from), and
-    ``batch_stats`` (``Objective.updates``: rollouts, returns, advantages, rewards)."""
-    if len(results) == 1:
+def _step_row(results: list[tuple[dict[str, float], dict[str, float]]], batch_stats: dict[str, float],
+              several: bool = False) -> tuple[dict[str, float], dict[str, float]]:
+    """One log row per step from the rows of the updates it made: one update's as it is; of a step
+    planned as ``several`` (PPO): loss, grad_norm and the loss's statistics averaged over the updates
+    made (skipped ones, ``_optimizer_step``, are not counted), the lr after the last, the tokens of all
+    updates (each pass counts the batch's tokens once), the number of updates, the last update's
+    approx_kl (old policy against the one the last update started from). Then ``batch_stats``
+    (``Objective.updates``: rollouts, returns, advantages, rewards, the rollout policy's mean_entropy);
+    an update statistic of the same name as one of those is logged as ``update_<name>``."""
+    if not several:
         row, stats = results[0]
-        return row, {**batch_stats, **stats}
-    rows = [r for r, _ in results]
-    n = len(rows)
-    row = {"loss": sum(r["loss"] for r in rows) / n, "tokens": sum(r["tokens"] for r in rows),
-           "grad_norm": sum(r["grad_norm"] for r in rows) / n, "lr": rows[-1]["lr"], "updates": n}
-    stats = {k: sum(s[k] for _, s in results) / n for k in results[0][1]}
-    if "approx_kl" in results[-1][1]:
-        stats["approx_kl_last"] = results[-1][1]["approx_kl"]
-    return row, {**batch_stats, **stats}
+    else:
+        rows = [r for r, _ in results]
+        n = len(rows)
+        row = {"loss": sum(r["loss"] for r in rows) / n, "tokens": sum(r["tokens"] for r in rows),
+               "grad_norm": sum(r["grad_norm"] for r in rows) / n, "lr": rows[-1]["lr"], "updates": n}
+        stats = {k: sum(s[k] for _, s in results) / n for k in results[0][1]}
+        if "approx_kl" in results[-1][1]:
+            stats["approx_kl_last"] = results[-1][1]["approx_kl"]
+    return row, {**batch_stats, **{f"update_{k}" if k in batch_stats else k: v for k, v in stats.items()}}
 
 
 def _across_processes(accelerator: Accelerator, loss: float, stats: dict[str, float]) -> tuple[float, dict[str, float]]:
-    """The sum of the processes' loss shares and the mean of their statistics (each a mean over its
-    own micro-batches), as one process running all the micro-batches would log them."""
+    """The sums over the processes of their loss shares and of their statistics (each already weighed
+    by its share of the step's rows), as one process running all the micro-batches would log them."""
     names = sorted(stats)
     values = torch.tensor([loss, *(stats[k] for k in names)], dtype=torch.float64, device=accelerator.device)
     values = accelerator.reduce(values, "sum")
-    return float(values[0]), {k: float(v) / accelerator.num_processes for k, v in zip(names, values[1:])}
+    return float(values[0]), {k: float(v) for k, v in zip(names, values[1:])}
 
 
 class _Checkpoints:

@@ -8,6 +8,7 @@ rule k_sweep_table:
     output:
         report(paths.table("k_sweep.csv"), caption="../report/k_sweep_table.rst", category="Tables"),
     params:
+        tasks=TASK_INFO,
         spec=sweep_spec(),
     log:
         "results/logs/analysis/k_sweep_table.log",
@@ -16,7 +17,7 @@ rule k_sweep_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis k-sweep-table --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
+        "python -m ketchup.analysis k-sweep-table --tasks {params.tasks:q} --spec {params.spec:q} --out {output} {input} > {log} 2>&1"
 
 
 rule grad_variance:
@@ -79,6 +80,7 @@ rule significance:
     output:
         report(paths.table("significance.csv"), caption="../report/significance.rst", category="Tables"),
     params:
+        tasks=TASK_INFO,
         spec=significance_spec(),
     log:
         "results/logs/analysis/significance.log",
@@ -87,7 +89,7 @@ rule significance:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis significance --spec {params.spec:q} --out {output} {input.teacher} {input.students} > {log} 2>&1"
+        "python -m ketchup.analysis significance --tasks {params.tasks:q} --spec {params.spec:q} --out {output} {input.teacher} {input.students} > {log} 2>&1"
 
 
 rule main_table_paper_layout:
@@ -97,6 +99,7 @@ rule main_table_paper_layout:
         md=report(paths.table("main.md"), caption="../report/main_table.rst", category="Tables"),
         tex=paths.table("main.tex"),
     params:
+        tasks=TASK_INFO,
         spec=as_json({"tasks": TASKS, "students": STUDENTS}),
     log:
         "results/logs/analysis/main_table_paper_layout.log",
@@ -105,7 +108,7 @@ rule main_table_paper_layout:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis main-tables --main {input} --spec {params.spec:q} --md {output.md} --tex {output.tex} > {log} 2>&1"
+        "python -m ketchup.analysis main-tables --tasks {params.tasks:q} --main {input} --spec {params.spec:q} --md {output.md} --tex {output.tex} > {log} 2>&1"
 
 
 rule paper_comparison:
@@ -134,6 +137,7 @@ rule student_size_table:
     output:
         paths.table("student_size.csv"),
     params:
+        tasks=TASK_INFO,
         spec=size_spec(),
     log:
         "results/logs/analysis/student_size_table.log",
@@ -142,7 +146,7 @@ rule student_size_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis student-size-table --main {input.main} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python -m ketchup.analysis student-size-table --tasks {params.tasks:q} --main {input.main} --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
 rule equal_time_table:
@@ -152,6 +156,7 @@ rule equal_time_table:
     output:
         report(paths.table("equal_time.csv"), caption="../report/equal_time.rst", category="Tables"),
     params:
+        tasks=TASK_INFO,
         spec=as_json(EQUAL_TIME),
     log:
         "results/logs/analysis/equal_time_table.log",
@@ -160,4 +165,4 @@ rule equal_time_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis equal-time-table --spec {params.spec:q} --metrics {input.metrics} --models {input.models} --out {output} > {log} 2>&1"
+        "python -m ketchup.analysis equal-time-table --tasks {params.tasks:q} --spec {params.spec:q} --metrics {input.metrics} --models {input.models} --out {output} > {log} 2>&1"

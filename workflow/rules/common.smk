@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from ketchup import config as kconfig, jobenv, paths, registry, specs as kspecs, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
+from ketchup import config as kconfig, jobenv, paths, planned, registry, specs as kspecs, tasks as ktasks, worker as kworker  # noqa: E402  (light imports: no torch at DAG build)
 from ketchup import tokenizer_match as ktokmatch  # noqa: E402  (tokenizers and json only)
 from ketchup.span_corruption import SENTINELS  # noqa: E402
 from ketchup.data import sources as ksources  # noqa: E402
@@ -31,9 +31,20 @@ try:
 except kconfig.ConfigError as exc:
     raise WorkflowError(str(exc))
 
+# Under --sdm apptainer every job runs in this image (it has the CUDA lock's packages); else ignored.
+container: jobenv.CONTAINER_IMAGE
+
+
+DEPLOYMENT = str(workflow.deployment_settings.deployment_method).lower()
+if "apptainer" in DEPLOYMENT:
+    try:
+        jobenv.check_container_image(Path.cwd())
+    except FileNotFoundError as exc:
+        raise WorkflowError(str(exc))
+
 # Jobs' PYTHONPATH and PATH, set in each job's shell command (braces doubled: shell.prefix formats).
 shell.prefix(
-    jobenv.shell_prefix(SRC, "conda" in str(workflow.deployment_settings.deployment_method).lower())
+    jobenv.shell_prefix(SRC, own_python="conda" in DEPLOYMENT or "apptainer" in DEPLOYMENT)
     .replace("{", "{{")
     .replace("}", "}}")
 )
@@ -85,15 +96,30 @@ def local_files(task):
     return [str(p) for p in ksources.local_split_files(task, spec)] if spec["source"] == "local" else []
 
 
-# A missing local data folder or split file stops the DAG build, naming tasks.<task>.path.
+# A missing local data folder or split file, or a field the task reads missing from the first records
+# of one, stops the DAG build, naming tasks.<task>.path or the file, the line and tasks.<task>.fields.
 try:
     LOCAL_FILES = {task: local_files(task) for task in TASKS}
+    for _task in TASKS:
+        if task_cfg(_task)["source"] == "local":
+            ksources.check_local_fields(_task, task_cfg(_task))
 except DataError as exc:
     raise WorkflowError(str(exc))
 
 
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
+
+
+# Each task's definition over its preset (ketchup.tasks), and the parts of it each kind of job needs,
+# so that, e.g., editing the judge's description reruns no training.
+TASK_DEFS = {task: kconfig.task_definition(config, task) for task in TASKS}
+TASK_INFO = as_json({task: ktasks.info(tdef) for task, tdef in TASK_DEFS.items()})
+TRAIN_KEYS = (*ktasks.READ_KEYS, "primary_metric", "answer")
+
+
+def task_def(task, keys):
+    return ktasks.subset(TASK_DEFS[task], keys)
 
 
 def lengths(task):
@@ -117,6 +143,7 @@ def teacher_spec(wildcards):
             **task_spec(wildcards.task),
             **tokenizer_spec(),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
+            "task_def": task_def(wildcards.task, TRAIN_KEYS),
             "model": config["teacher"]["model"],
             "finetune": config["teacher"].get("finetune", True),
             "train": kconfig.teacher_settings(config, wildcards.task),
@@ -124,6 +151,14 @@ def teacher_spec(wildcards):
             "seed": DATA_SEED,
         }
     )
+
+
+def teacher_resource(name):
+    """A teacher job's ``runtime`` or ``mem_mb``: its row of the cost plan, else a prompted teacher's
+    load and save sized by its weight files, or a fine-tuning job's long default (ketchup.planned).
+    A profile that sets the resource itself (profiles/workstation) overrides this."""
+    default = planned.teacher_default(name, config["teacher"]["model"], config["teacher"].get("finetune", True))
+    return lambda wildcards: planned.resource(name, "teacher", wildcards, default)
 
 
 def method_and_k(method, task):
@@ -143,6 +178,7 @@ def student_spec(wildcards):
         {
             **task_spec(wildcards.task),
             "prompt": task_cfg(wildcards.task).get("prompt", ""),
+            "task_def": task_def(wildcards.task, TRAIN_KEYS),
             "student": wildcards.student,
             "method": method,
             "model": student_model(wildcards.student),
@@ -200,6 +236,7 @@ def pretrain_spec_of(task, student):
         "model": student_model(student),
         "pretrain": kconfig.pretrain_settings(config, student),
         "calculator": kconfig.calculator_on(config, task),
+        "task_def": task_def(task, ktasks.READ_KEYS),
         "seed": DATA_SEED,
     }
 
@@ -250,7 +287,7 @@ import re  # noqa: E402
 from ketchup import judge as kjudge  # noqa: E402  (light import: no openai at DAG-build time)
 
 JUDGE = config.get("judge", {})
-JUDGE_SPEC = as_json(JUDGE)
+JUDGE_SPEC = as_json(kconfig.judge_block(config))  # with each task's description
 JUDGE_BASELINE = JUDGE.get("baseline", kjudge.JudgeConfig.baseline)
 JUDGE_CACHE = paths.JUDGE_CACHE
 JUDGE_PROMPTS = Path(workflow.basedir) / "src" / "ketchup" / "judge" / "prompts"

@@ -58,6 +58,8 @@ rule training_curves:
         png=report(
             paths.figure("training_curves", "png"), caption="../report/training_curves.rst", category="Figures"
         ),
+    params:
+        tasks=TASK_INFO,
     log:
         "results/logs/figures/training_curves.log",
     benchmark:
@@ -65,4 +67,4 @@ rule training_curves:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup.analysis training-curves --csv {output.csv} --pdf {output.pdf} --png {output.png} {input} > {log} 2>&1"
+        "python -m ketchup.analysis training-curves --tasks {params.tasks:q} --csv {output.csv} --pdf {output.pdf} --png {output.png} {input} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Task metrics per prediction file: ROUGE (rouge-score), BLEU / chrF (sacrebleu), GSM8K accuracy.
+# Task metrics per prediction file, as the task declares them (ketchup.tasks): ROUGE (rouge-score),
+# BLEU / chrF (sacrebleu), exact-match accuracy.
 
 
 rule score_student:
@@ -6,6 +7,8 @@ rule score_student:
         paths.predictions("{task}", "{student}", "{method}", "{seed}"),
     output:
         paths.metrics("{task}", "{student}", "{method}", "{seed}"),
+    params:
+        task_def=lambda wildcards: as_json(task_def(wildcards.task, ktasks.SCORE_KEYS)),
     log:
         "results/logs/score/{task}/{student}/{method}/seed{seed}.log",
     benchmark:
@@ -13,7 +16,7 @@ rule score_student:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --task-spec {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"
 
 
 rule score_teacher:
@@ -21,6 +24,8 @@ rule score_teacher:
         paths.teacher_outputs("{task}", "test"),
     output:
         paths.teacher_metrics("{task}"),
+    params:
+        task_def=lambda wildcards: as_json(task_def(wildcards.task, ktasks.SCORE_KEYS)),
     log:
         "results/logs/score/{task}/teacher.log",
     benchmark:
@@ -28,4 +33,4 @@ rule score_teacher:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup score --task {wildcards.task} --predictions {input} --out {output} > {log} 2>&1"
+        "python -m ketchup score --task {wildcards.task} --task-spec {params.task_def:q} --predictions {input} --out {output} > {log} 2>&1"

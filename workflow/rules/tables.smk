@@ -10,6 +10,7 @@ rule main_table:
         check=paths.table("teacher_vs_untrained.csv"),
     params:
         task_k=as_json({task: task_cfg(task).get("k", 1) for task in TASKS}),
+        primary=as_json({task: tdef["primary_metric"] for task, tdef in TASK_DEFS.items()}),
     log:
         "results/logs/tables/main.log",
     benchmark:
@@ -17,4 +18,4 @@ rule main_table:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup table --task-k {params.task_k:q} --out {output.main} --teacher-check {output.check} {input.teacher} {input.students} > {log} 2>&1"
+        "python -m ketchup table --task-k {params.task_k:q} --out {output.main} --teacher-check {output.check} --primary {params.primary:q} {input.teacher} {input.students} > {log} 2>&1"

@@ -21,6 +21,9 @@ rule teacher:
         "results/benchmarks/teacher/{task}.tsv"
     priority: 10
     threads: 1
+    resources:
+        runtime=teacher_resource("runtime"),
+        mem_mb=teacher_resource("mem_mb"),
     conda:
         "../../envs/ketchup.yaml"
     shell:

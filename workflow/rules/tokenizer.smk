@@ -9,6 +9,7 @@ rule tokenizer:
         directory(paths.tokenizer("{task}")),
     params:
         prompt=lambda wildcards: task_cfg(wildcards.task).get("prompt", ""),
+        task_def=lambda wildcards: as_json(task_def(wildcards.task, ktasks.READ_KEYS)),
         vocab_size=kconfig.tokenizer_settings(config)["vocab_size"],
         datadir=lambda wildcards: paths.data_dir(wildcards.task),
         calculator=lambda wildcards: "--calculator" if kconfig.calculator_on(config, wildcards.task) else "",
@@ -21,4 +22,4 @@ rule tokenizer:
     conda:
         "../../envs/ketchup.yaml"
     shell:
-        "python -m ketchup tokenizer --task {wildcards.task} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} {params.calculator} {params.sentinels} --out {output} > {log} 2>&1"
+        "python -m ketchup tokenizer --task {wildcards.task} --task-spec {params.task_def:q} --data {params.datadir} --prompt={params.prompt:q} --vocab-size {params.vocab_size} {params.calculator} {params.sentinels} --out {output} > {log} 2>&1"

@@ -18,8 +18,14 @@ def _figure_args(p: argparse.ArgumentParser, name: str) -> None:
     p.set_defaults(func=_figure, figure=name)
 
 
+def _tasks_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", type=json_spec, default=None,
+                   help='{task: {"primary": metric, "title": name}} (default: the presets of the tasks named)')
+
+
 def _table_args(p: argparse.ArgumentParser, func, inputs: str, spec_help: str | None = None) -> None:
     """A table built from many input files (positional), with an optional JSON spec."""
+    _tasks_arg(p)
     if spec_help is not None:
         p.add_argument("--spec", type=json_spec, required=True, help=spec_help)
     required(p, "out")
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main", required=True)
     p.add_argument("--spec", type=json_spec, required=True,
                    help='{"models": {"task/student": dir}, "teachers": {task: dir}}')
+    _tasks_arg(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_student_size_table)
 
@@ -69,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("training-curves", help="training curves (csv, pdf, png) from model directories")
     required(p, "csv", "pdf", "png")
+    _tasks_arg(p)
     p.add_argument("models", nargs="+")
     p.set_defaults(func=_training_curves)
 
     p = sub.add_parser("main-tables", help="main.md and main.tex from main.csv")
     required(p, "main", "md", "tex")
     p.add_argument("--spec", type=json_spec, default={}, help='{"tasks": [...], "students": [...]} (column order)')
+    _tasks_arg(p)
     p.set_defaults(func=_main_tables)
 
     p = sub.add_parser("equal-time-table", help="equal_time.csv: PPO at equal rollouts and at equal training time")
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='{PPO method: {"plain": run, "rollouts": run, "time": run}}')
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--models", nargs="+", required=True, help="the runs' model directories (metrics.jsonl)")
+    _tasks_arg(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_equal_time_table)
 
@@ -138,7 +148,8 @@ def _grad_variance_table(args: argparse.Namespace) -> None:
 def _k_sweep_table(args: argparse.Namespace) -> None:
     from ketchup.analysis import ksweep
 
-    _print_and_write(ksweep.k_sweep_table(args.metrics, args.spec["sweep"], args.spec.get("task_k", {})), args.out)
+    _print_and_write(ksweep.k_sweep_table(args.metrics, args.spec["sweep"], args.spec.get("task_k", {}),
+                                         args.tasks), args.out)
 
 
 def _lengths(args: argparse.Namespace) -> None:
@@ -152,7 +163,7 @@ def _student_size_table(args: argparse.Namespace) -> None:
     from ketchup.analysis.common import write_csv
 
     models = {tuple(key.split("/", 1)): path for key, path in args.spec["models"].items()}
-    write_csv(sizes.size_table(args.main, models, args.spec.get("teachers")), args.out)
+    write_csv(sizes.size_table(args.main, models, args.spec.get("teachers"), args.tasks), args.out)
 
 
 def _training_curves(args: argparse.Namespace) -> None:
@@ -161,7 +172,7 @@ def _training_curves(args: argparse.Namespace) -> None:
 
     frame = curves.read_curves(args.models)
     write_csv(frame, args.csv)
-    figures.save(figures.training_curves_figure(frame), args.pdf, args.png)
+    figures.save(figures.training_curves_figure(frame, args.tasks), args.pdf, args.png)
 
 
 def _main_tables(args: argparse.Namespace) -> None:
@@ -172,16 +183,16 @@ def _main_tables(args: argparse.Namespace) -> None:
 
     main_ = pd.read_csv(args.main)
     tasks, students = args.spec.get("tasks"), args.spec.get("students")
-    md = tables_paper.markdown(main_, tasks, students)
+    md = tables_paper.markdown(main_, tasks, students, args.tasks)
     print(md)
     write_text(args.md, md)
-    write_text(args.tex, tables_paper.latex(main_, tasks, students))
+    write_text(args.tex, tables_paper.latex(main_, tasks, students, args.tasks))
 
 
 def _equal_time_table(args: argparse.Namespace) -> None:
     from ketchup.analysis import equal_time
 
-    _print_and_write(equal_time.equal_time_table(args.metrics, args.models, args.spec), args.out)
+    _print_and_write(equal_time.equal_time_table(args.metrics, args.models, args.spec, args.tasks), args.out)
 
 
 def _significance(args: argparse.Namespace) -> None:
@@ -190,7 +201,7 @@ def _significance(args: argparse.Namespace) -> None:
     s = args.spec
     _print_and_write(significance.significance_table(args.metrics, s.get("baselines", ["kl", "llmr"]),
                                                      s.get("resamples", 1000), s.get("seed", 0),
-                                                     s.get("confidence", 0.95)), args.out)
+                                                     s.get("confidence", 0.95), info=args.tasks), args.out)
 
 
 def _paper_comparison(args: argparse.Namespace) -> None:

@@ -37,13 +37,14 @@ def train_time(model_dir: str | Path) -> tuple[int, float]:
     return steps, seconds
 
 
-def equal_time_table(metric_paths: list[str], model_dirs: list[str], comparisons: dict[str, dict[str, str]]
-                     ) -> pd.DataFrame:
-    """``comparisons``: PPO method -> {"plain": run, "rollouts": run, "time": run} (the three runs above)."""
+def equal_time_table(metric_paths: list[str], model_dirs: list[str], comparisons: dict[str, dict[str, str]],
+                     info: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """``comparisons``: PPO method -> {"plain": run, "rollouts": run, "time": run} (the three runs above);
+    ``info``: each task's primary metric (common.task_info)."""
     runs = {}
     for path in metric_paths:
         run = parse_run(path)
-        metric = primary_metric(run["task"])
+        metric = primary_metric(run["task"], info)
         runs[(run["task"], run["student"], run["method"], run["seed"])] = {
             "metric": metric, "value": float(read_json(path)["metrics"][metric])}
     for model_dir in model_dirs:
@@ -60,7 +61,7 @@ def equal_time_table(metric_paths: list[str], model_dirs: list[str], comparisons
                 mine = sub[sub.run == named[budget]]
                 if mine.empty:
                     continue
-                row = {"task": task, "metric": primary_metric(task), "student": student, "method": method,
+                row = {"task": task, "metric": primary_metric(task, info), "student": student, "method": method,
                        "run": named[budget], "budget": budget, "seeds": int(mine["value"].count()),
                        "rollout_batches": int(mine["steps"].max()), "train_s": float(mine["seconds"].mean()),
                        "mean": float(mine["value"].mean()),

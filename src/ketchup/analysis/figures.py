@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ketchup.analysis.common import METHOD_NAMES, METRIC_AXIS, TASK_NAMES, method_rank, primary_metric
+from ketchup.analysis.common import METHOD_NAMES, METRIC_AXIS, method_rank, task_title
 
 
 def _figure(nrows: int, ncols: int, width: float = 4.6, height: float = 3.4, title: str = ""):
@@ -36,7 +36,12 @@ def _empty(title: str, xlabel: str, ylabel: str, message: str) -> Figure:
 
 
 def _task_label(task: str) -> str:
-    return TASK_NAMES.get(task, task)
+    return task_title(task)  # a preset's title, else the name
+
+
+def _metric(sub: pd.DataFrame) -> str:
+    """The panel's metric, as its table's rows name it (each task's primary)."""
+    return str(sub["metric"].iloc[0]) if len(sub) else "metric"
 
 
 def _millions(n) -> str:
@@ -72,7 +77,7 @@ def k_sweep_figure(frame: pd.DataFrame) -> Figure:
         for j, task in enumerate(tasks):
             ax = axes[i][j]
             sub = frame[(frame.task == task) & (frame.student == student)].sort_values("k")
-            metric = primary_metric(task)
+            metric = _metric(sub)
             ax.set_title(f"{_task_label(task)} / student {student}")
             ax.set_xlabel("K (steps per return term, log scale)")
             ax.set_ylabel(METRIC_AXIS.get(metric, metric))
@@ -151,7 +156,7 @@ def student_size_figure(frame: pd.DataFrame) -> Figure:
     for j, task in enumerate(tasks):
         ax = axes[0][j]
         sub = frame[frame.task == task]
-        metric = primary_metric(task)
+        metric = _metric(sub)
         students = sub[sub.method != "teacher"]
         for c, method in enumerate(sorted(students.method.unique(), key=method_rank)):
             g = students[students.method == method].sort_values("params")
@@ -176,7 +181,7 @@ def student_size_figure(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def training_curves_figure(frame: pd.DataFrame) -> Figure:
+def training_curves_figure(frame: pd.DataFrame, info: dict[str, dict] | None = None) -> Figure:
     """curves: per (task, student) column, dev metric (top) and training loss (bottom) against step."""
     title = "Training curves (seed mean): dev metric and training loss per method"
     if frame.empty:
@@ -187,7 +192,7 @@ def training_curves_figure(frame: pd.DataFrame) -> Figure:
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for j, (task, student) in enumerate(pairs):
         sub = frame[(frame.task == task) & (frame.student == student)]
-        metric = primary_metric(task)
+        metric = (info or {}).get(task, {}).get("primary", "primary metric")  # info: common.task_info
         for i, (series, ylabel) in enumerate((("dev_metric", f"dev {METRIC_AXIS.get(metric, metric)}"),
                                               ("loss", "training loss (per target token)"))):
             ax = axes[i][j]

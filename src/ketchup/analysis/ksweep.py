@@ -21,11 +21,11 @@ COLUMNS = ["task", "metric", "student", "k", "run", "is_task_k", "seeds", "mean"
            "llmr_mean", "llmr_std"]
 
 
-def _scores(paths: list[str]) -> pd.DataFrame:
+def _scores(paths: list[str], info: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     rows = []
     for path in paths:
         run = parse_run(path)
-        metric = primary_metric(run["task"])
+        metric = primary_metric(run["task"], info)
         rows.append({**run, "metric": metric, "value": float(read_json(path)["metrics"][metric])})
     return pd.DataFrame(rows, columns=["task", "student", "method", "seed", "metric", "value"])
 
@@ -34,9 +34,11 @@ def _agg(values: pd.Series) -> tuple[int, float, float]:
     return int(values.count()), float(values.mean()), float(values.std()) if values.count() > 1 else float("nan")
 
 
-def k_sweep_table(paths: list[str], sweep: dict[str, dict[Any, str]], task_k: dict[str, int]) -> pd.DataFrame:
-    """``sweep``: task -> {K: run method}; ``paths``: metric files of those runs and of kl / llmr."""
-    scores = _scores(paths)
+def k_sweep_table(paths: list[str], sweep: dict[str, dict[Any, str]], task_k: dict[str, int],
+                  info: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """``sweep``: task -> {K: run method}; ``paths``: metric files of those runs and of kl / llmr;
+    ``info``: each task's primary metric (ketchup.analysis.common.task_info)."""
+    scores = _scores(paths, info)
     rows = []
     for task, runs in sorted(sweep.items()):
         sub = scores[scores.task == task]
@@ -52,7 +54,7 @@ def k_sweep_table(paths: list[str], sweep: dict[str, dict[Any, str]], task_k: di
                 if not len(vals):
                     continue
                 seeds, mean, std = _agg(vals)
-                rows.append({"task": task, "metric": primary_metric(task), "student": student, "k": k, "run": run,
+                rows.append({"task": task, "metric": primary_metric(task, info), "student": student, "k": k, "run": run,
                              "is_task_k": k == int(task_k.get(task, 1)), "seeds": seeds, "mean": mean, "std": std,
                              **refs})
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -72,7 +72,8 @@ def per_example_scores(paths: list[str]) -> dict[tuple[str, str, str], tuple[dic
 
 def significance_table(paths: list[str], baselines: list[str] | tuple[str, ...] = ("kl", "llmr"),
                        resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
-                       alpha: float = 0.05) -> pd.DataFrame:
+                       alpha: float = 0.05, info: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Each method against each baseline on the task's primary metric (``info``: common.task_info)."""
     scores = per_example_scores(paths)
     rows: list[dict[str, Any]] = []
     pairs = sorted({(t, s) for t, s, _ in scores if s != "*"})
@@ -96,7 +97,7 @@ def significance_table(paths: list[str], baselines: list[str] | tuple[str, ...] 
                 indices = rng.integers(0, len(ids), size=(resamples, len(ids)))
                 res = paired_bootstrap(np.array([values[i] for i in ids]), np.array([base[i] for i in ids]),
                                        resamples, seed, confidence, indices=indices)
-                rows.append({"task": task, "metric": primary_metric(task), "student": student, "method": method,
+                rows.append({"task": task, "metric": primary_metric(task, info), "student": student, "method": method,
                              "baseline": baseline, "n_examples": len(ids), "method_seeds": method_seeds,
                              "baseline_seeds": base_seeds, **res, "significant": bool(res["p_value"] < alpha),
                              "resamples": resamples, "confidence": confidence})

@@ -33,14 +33,16 @@ def count_parameters(model_dir: str | Path) -> int:
     return int(total)
 
 
-def size_table(main_csv: str, models: dict[tuple[str, str], str], teachers: dict[str, str] | None = None) -> pd.DataFrame:
-    """``models``: (task, student) -> a model directory of that size; ``teachers``: task -> teacher dir."""
+def size_table(main_csv: str, models: dict[tuple[str, str], str], teachers: dict[str, str] | None = None,
+               info: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """``models``: (task, student) -> a model directory of that size; ``teachers``: task -> teacher dir;
+    ``info``: each task's primary metric (common.task_info)."""
     main = pd.read_csv(main_csv)
     params = {key: count_parameters(path) for key, path in models.items()}
     teacher_params = {task: count_parameters(path) for task, path in (teachers or {}).items()}
     rows = []
     for _, r in main.iterrows():
-        if r["metric"] != primary_metric(r["task"]):
+        if r["metric"] != primary_metric(r["task"], info):
             continue
         if r["method"] == "teacher":
             n = teacher_params.get(r["task"])

@@ -1,4 +1,5 @@
-"""Seeded synthetic tasks shaped like the paper's, emitting the hub datasets' record schemas.
+"""Seeded synthetic tasks shaped like the paper's, emitting the hub datasets' record schemas (the
+generators a task names with ``generator:``; the paper tasks' presets name theirs).
 
 They are small and regular enough that a tiny model learns them on a CPU in minutes, yet each
 needs what the real task needs: content selection and paraphrase (xsum: which of several events is
@@ -163,7 +164,8 @@ GENERATORS: dict[str, Callable[[random.Random, int], dict[str, Any]]] = {
 SPLIT_OFFSETS = {"train": 0, "dev": 1, "test": 2}
 
 
-def generate(task: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` records of ``task`` for ``split``; the same (task, split, n, seed) gives the same records."""
-    rng = random.Random(f"{task}/{split}/{seed}")
-    return [GENERATORS[task](rng, SPLIT_OFFSETS[split] * 10_000_000 + i) for i in range(n)]
+def generate(generator: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` records of ``generator`` (a task's ``generator`` key) for ``split``; the same
+    (generator, split, n, seed) gives the same records, whatever the task is called."""
+    rng = random.Random(f"{generator}/{split}/{seed}")
+    return [GENERATORS[generator](rng, SPLIT_OFFSETS[split] * 10_000_000 + i) for i in range(n)]

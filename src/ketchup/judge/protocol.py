@@ -33,6 +33,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Iterator, Sequence
 
+from ketchup import tasks
+
 # Bump when the protocol (not only the text) changes. v2: structured output (response_format) and
 # one repair turn for an unparseable reply, instead of asking the same prompt again.
 TEMPLATE_VERSION = "v2"
@@ -47,17 +49,6 @@ CRITERIA_DESCRIPTIONS = {
     "faithfulness": "whether everything it states is supported by the source",
     "correctness": "whether the final answer and the reasoning are correct",
 }
-
-# (substring of the lower-cased task name, description); first match wins.
-_TASK_DESCRIPTIONS = (
-    ("xsum", "summarise a news article in a single sentence"),
-    ("summ", "summarise the source text"),
-    ("europarl", "translate the source text from English to Dutch"),
-    ("en-nl", "translate the source text from English to Dutch"),
-    ("translat", "translate the source text"),
-    ("gsm8k", "solve a grade-school math word problem, showing the reasoning and the final numeric answer"),
-    ("math", "solve the math word problem, showing the reasoning and the final answer"),
-)
 
 _TRUNC_MARK = " [...]"
 
@@ -109,13 +100,12 @@ def template_version(kind: str) -> str:
 
 
 def describe_task(task: str, overrides: dict[str, str] | None = None) -> str:
+    """The task as the judge reads it: ``overrides[task]`` (the Snakefile passes each task's
+    ``description``, replaced by judge.task_descriptions), else the ``description`` of the preset
+    of that name or the generic one (ketchup.tasks)."""
     if overrides and task in overrides:
         return str(overrides[task])
-    low = task.lower()
-    for key, desc in _TASK_DESCRIPTIONS:
-        if key in low:
-            return desc
-    return f"produce the correct output for the source text (task '{task}'), as in the reference"
+    return tasks.resolve(task)["description"]
 
 
 def _criteria_block(criteria: Sequence[str]) -> str:
