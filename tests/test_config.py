@@ -154,11 +154,15 @@ def test_method_names_agree_everywhere(monkeypatch):
     assert "method=registry.run_pattern()" in common
     for path in [REPO_ROOT / "config.yaml", *PAPER_CONFIGS]:
         config = kconfig.read(path)
-        # every method, but the paper's own runs: the paper's methods (PPO is beyond the paper)
-        paper = [m for m in methods if not registry.get(m).ppo]
-        # (the default and the CPU study run every method)
-        paper_run = path.name in ("paper.yaml", "paper_qwen.yaml", "paper_budget.yaml", "smollm2_gsm8k.yaml")
-        assert config["methods"] == (paper if paper_run else methods), path.name
+        # every method, but the paper's own runs: the paper's methods (PPO and the divergences after
+        # tvd are beyond the paper); the default runs every method but those (onpolicy.yaml adds them,
+        # the CPU study runs them all), the tiny test config two of them (one of each plumbing)
+        beyond = ["gkd", "rkl", "skl", "srkl"]
+        paper = [m for m in methods if not registry.get(m).ppo and m not in beyond]
+        default = [m for m in methods if m not in beyond]
+        expected = {"paper.yaml": paper, "paper_qwen.yaml": paper, "paper_budget.yaml": paper, "smollm2_gsm8k.yaml": paper,
+                    "study.yaml": methods, "onpolicy.yaml": methods, "test.yaml": [*default, "gkd", "srkl"]}
+        assert config["methods"] == expected.get(path.name, default), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
         settings = [kconfig.optim_settings(config, m) for m in registry.RL_METHODS if m in config["methods"]]
         assert all(s == settings[0] for s in settings), path.name
@@ -461,8 +465,9 @@ def test_the_study_config_is_the_default_with_three_seeds_larger_test_sets_and_r
     assert default["teacher"]["dtype"] == "bfloat16" and default["teacher"]["train"]["mixed_precision"] == "bf16"
     drop = lambda t: {**t, "dtype": None, "train": {**t["train"], "mixed_precision": None}}  # noqa: E731
     assert drop(study["teacher"]) == drop(default["teacher"])
-    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train", "teacher")} == \
-        {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train", "teacher")}
+    assert study["methods"] == [*default["methods"], "gkd", "rkl", "skl", "srkl"]
+    assert {k: v for k, v in study.items() if k not in ("seeds", "tasks", "train", "teacher", "methods")} == \
+        {k: v for k, v in default.items() if k not in ("seeds", "tasks", "train", "teacher", "methods")}
 
 
 def test_ppo_settings_reach_the_ppo_methods_only(default_config):
@@ -479,6 +484,23 @@ def test_ppo_settings_reach_the_ppo_methods_only(default_config):
             k: v for k, v in kconfig.rl_settings(default_config).items() if k not in kconfig.PPO_KEYS}
 
 
+def test_divergence_settings_reach_the_methods_that_read_them_only(default_config):
+    """divergence.* are in the specs of the methods that read them (registry settings), with the
+    schema's defaults under the config's; every other method's spec has no divergence block."""
+    default_config["divergence"] = {"beta": 0.9}
+    assert kconfig.divergence_spec(default_config, "gkd") == {
+        "divergence": {"beta": 0.9, "lambda": kconfig.DIVERGENCE_DEFAULTS["lambda"]}}
+    for method in ("skl", "srkl"):
+        assert kconfig.divergence_spec(default_config, method) == {
+            "divergence": {"alpha": kconfig.DIVERGENCE_DEFAULTS["alpha"]}}
+    for method in ("rkl", "kl", "js", "tvd", "ketchup", "ketchup-k4", "sft"):
+        assert kconfig.divergence_spec(default_config, method) == {}
+    default_config["divergence"] = {"alpha": 1.0}
+    _raises(default_config, "divergence.alpha")
+    default_config["divergence"] = {"lambda": 0.5, "gamma": 1}
+    _raises(default_config, "divergence", "gamma")
+
+
 def test_more_ppo_minibatches_than_rollouts_is_refused(default_config):
     default_config["rl"] = {**default_config.get("rl", {}), "ppo_minibatches": 64}
     default_config["methods"] = [m for m in default_config["methods"] if m != "llmr-ppo"]  # ketchup-ppo alone
@@ -489,3 +511,16 @@ def test_more_ppo_minibatches_than_rollouts_is_refused(default_config):
     kconfig.validate(default_config)
     default_config["rl"]["ppo_clip"] = 1.0
     _raises(default_config, "rl.ppo_clip")
+
+
+def test_a_student_spec_without_its_divergence_settings_is_refused():
+    from ketchup import specs
+
+    student = {"task": "en_nl", "arch": "seq2seq", "student": "tiny", "method": "gkd", "train": {}, "generation": {},
+               "seed": 0, "max_source_length": 8, "max_target_length": 8, "model": {"config": {}}}
+    with pytest.raises(kconfig.ConfigError, match="gkd.*divergence.beta, divergence.lambda"):
+        specs.check_student(student, None)
+    with pytest.raises(kconfig.ConfigError, match="divergence.lambda"):
+        specs.check_student({**student, "divergence": {"beta": 0.5}}, None)
+    specs.check_student({**student, "divergence": {"beta": 0.5, "lambda": 1.0}}, None)
+    specs.check_student({**student, "method": "rkl"}, None)  # reads no setting

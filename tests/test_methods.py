@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ketchup import objectives
+from ketchup import objectives, registry
 from ketchup.batching import generate, make_batch, mask_after_eos, target_logits
 from ketchup.config import RL_DEFAULTS
 from ketchup.methods import Objective, split_for_two_sources
@@ -19,7 +19,7 @@ ARCHS = {
 }
 SOURCES = ["The cat sits on the mat.", "Emma has 7 cookies and buys 18 more cookies today"]
 TARGETS = ["De kat zit op de mat.", "25"]
-METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup"]
+METHODS = ["sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup", "gkd", "rkl", "skl", "srkl"]
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +340,84 @@ def test_ppo_part_without_rows_weighs_nothing(tok):
     per_token, _, _ = ppo.loss(student, empty)
     per_token.sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in student.parameters())
+
+
+# --- beyond the paper: gkd, rkl, skl, srkl ---------------------------------------------------------
+
+SOURCES4 = SOURCES + ["De hond ziet een kat.", "The cat sits."]
+TARGETS4 = TARGETS + ["The dog sees a cat and a long story follows", "1"]
+
+
+def test_source_rows_split_a_share_of_rows_to_the_student():
+    assert registry.source_rows(4, 0.5) == (2, 2) and registry.source_rows(5, 0.5) == (3, 2)  # js, tvd
+    assert registry.source_rows(8, 0.25) == (6, 2) and registry.source_rows(100, 0.29) == (71, 29)
+    assert registry.source_rows(4, 0.0) == (4, 0) and registry.source_rows(4, 1.0) == (0, 4)
+    assert registry.source_rows(1, 0.5) == (1, 1) and registry.source_rows(4, 0.1) == (4, 4)  # both, all rows
+    assert registry.student_share("gkd", {"lambda": 0.3}) == 0.3 and registry.student_share("rkl", {}) == 1.0
+    assert registry.student_share("skl", {"alpha": 0.1}) == 0.0 and registry.student_share("js", {}) == 0.5
+
+
+def _two_sources(objective, student, teacher, arch, batches):
+    """The loss the step takes (sum / tokens), recomputed source by source from the objectives."""
+    parts = {}
+    for name, b in batches.items():
+        values = objective_values(objective, target_logits(student, arch, b), target_logits(teacher, arch, b), b)
+        parts[name] = float(values.detach().sum() / b.target_mask.sum())
+    return parts
+
+
+def objective_values(objective, s, t, b):
+    d = objective.divergence
+    return {"gkd": lambda: objectives.generalized_jsd(s, t, b.target_mask, d["beta"]),
+            "rkl": lambda: objectives.generalized_jsd(s, t, b.target_mask, 1.0),
+            "skl": lambda: objectives.skew_kl(s, t, b.target_mask, d["alpha"]),
+            "srkl": lambda: objectives.skew_reverse_kl(s, t, b.target_mask, d["alpha"])}[objective.method]()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gkd_at_beta_and_lambda_one_half_is_js(arch, tok):
+    student, teacher = models(arch, tok)
+    batch = make_batch(tok, SOURCES4, TARGETS4, arch, 32, 16)
+    losses = {}
+    for method, divergence in (("js", {}), ("gkd", {"beta": 0.5, "lambda": 0.5})):
+        objective = Objective(method, arch, tok, teacher=teacher, max_new_tokens=6, rl=RL_DEFAULTS,
+                              divergence=divergence)
+        torch.manual_seed(0)
+        batches = objective.rollout(student, batch)
+        per_token, mask, _ = objective.loss(student, batches)
+        losses[method] = per_token.detach().sum() / mask.sum()
+        assert sorted(batches) == ["data", "student"] and batches["data"].target_ids.shape[0] == 2
+    torch.testing.assert_close(losses["gkd"], losses["js"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method,divergence,sources", [
+    ("gkd", {"beta": 0.9, "lambda": 0.25}, {"data": 3, "student": 1}),
+    ("gkd", {"beta": 0.1, "lambda": 0.0}, {"data": 4}),
+    ("gkd", {"beta": 0.5, "lambda": 1.0}, {"student": 4}),
+    ("rkl", {}, {"student": 4}),
+    ("skl", {"alpha": 0.1}, {"data": 4}),
+    ("srkl", {"alpha": 0.2}, {"data": 4}),
+])
+def test_beyond_methods_train_on_their_sources_with_their_weights(arch, method, divergence, sources, tok):
+    student, teacher = models(arch, tok)
+    batch = make_batch(tok, SOURCES4, TARGETS4, arch, 32, 16)
+    objective = Objective(method, arch, tok, teacher=teacher, max_new_tokens=6, rl=RL_DEFAULTS, divergence=divergence)
+    torch.manual_seed(0)
+    batches = objective.rollout(student, batch)
+    assert {name: b.target_ids.shape[0] for name, b in batches.items()} == sources
+    if "data" in batches:  # the teacher's outputs of the first rows, as given
+        want = make_batch(tok, SOURCES4[:sources["data"]], TARGETS4[:sources["data"]], arch, 32, 16)
+        assert torch.equal(batches["data"].target_ids, want.target_ids)
+    if "student" in batches:  # the student's samples for the sources of the last rows
+        want = make_batch(tok, SOURCES4[4 - sources["student"]:], None, arch, 32, 16)
+        assert torch.equal(batches["student"].input_ids, want.input_ids)
+    per_token, mask, _ = objective.loss(student, batches)
+    parts = _two_sources(objective, student, teacher, arch, batches)
+    share = registry.student_share(method, objective.divergence)
+    weights = {"data": 1.0 - share, "student": share} if len(parts) == 2 else {name: 1.0 for name in parts}
+    expected = sum(weights[name] * value for name, value in parts.items())
+    assert float(per_token.detach().sum() / mask.sum()) == pytest.approx(expected, rel=1e-5)
 
 
 def _loop_step(model, objective, update, optimizer, scheduler):

@@ -686,7 +686,8 @@ def test_cross_entropy_matches_torch():
     torch.testing.assert_close(logits.grad, ref_logits.grad)
 
 
-@pytest.mark.parametrize("what", ["kl", "js", "tvd", "cross_entropy", "induced_max", "induced_expectation"])
+@pytest.mark.parametrize("what", ["kl", "js", "tvd", "cross_entropy", "induced_max", "induced_expectation", "gjsd",
+                                  "skl", "srkl"])
 def test_chunked_vocabulary_work_equals_one_pass(what, monkeypatch):
     """Chunks over positions (checkpointed with gradient) give the same values and gradients as one pass."""
     gen = torch.Generator().manual_seed(0)
@@ -704,6 +705,8 @@ def test_chunked_vocabulary_work_equals_one_pass(what, monkeypatch):
         s = student.clone().requires_grad_(True)
         if what in objectives.DIVERGENCES:
             out = objectives.token_divergence(s, teacher, what, mask)
+        elif what in ("gjsd", "skl", "srkl"):
+            out = _beyond(what, s, teacher, mask, 0.3)
         elif what == "cross_entropy":
             out = objectives.cross_entropy(s, tokens, mask)
         else:
@@ -829,3 +832,118 @@ def test_ppo_clip_eps_must_lie_between_zero_and_one():
     for eps in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="clip_eps"):
             objectives.ppo_clip_loss(logits, tokens, advantages, advantages, mask, clip_eps=eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# beyond the paper: GKD's generalized JSD, DistiLLM's skew KL and skew reverse KL
+# ------------------------------------------------------------------------------------------------
+
+
+def _kl64(a, b):
+    """KL(a || b) from float64 probabilities, 0 log 0 = 0."""
+    return torch.where(a > 0, a * (torch.log(a) - torch.log(b)), torch.zeros_like(a)).sum(-1)
+
+
+def _reference_beyond(student, teacher, what, setting):
+    """Float64 from explicit probabilities: mixtures formed as probabilities, logs taken afterwards."""
+    p = torch.softmax(teacher.double(), -1)
+    q = torch.softmax(student.double(), -1)
+    if what == "gjsd":
+        if setting == 0.0:
+            return _kl64(p, q)
+        if setting == 1.0:
+            return _kl64(q, p)
+        m = setting * p + (1 - setting) * q
+        return setting * _kl64(p, m) + (1 - setting) * _kl64(q, m)
+    if what == "skl":
+        return _kl64(p, setting * p + (1 - setting) * q)
+    return _kl64(q, setting * q + (1 - setting) * p)  # "srkl"
+
+
+def _beyond(what, student, teacher, mask, setting):
+    fn = {"gjsd": objectives.generalized_jsd, "skl": objectives.skew_kl, "srkl": objectives.skew_reverse_kl}[what]
+    return fn(student, teacher, mask, setting)
+
+
+BEYOND = [("gjsd", 0.0), ("gjsd", 0.1), ("gjsd", 0.5), ("gjsd", 0.9), ("gjsd", 1.0), ("skl", 0.1), ("skl", 0.3),
+          ("srkl", 0.1), ("srkl", 0.3)]
+
+
+@pytest.mark.parametrize("what,setting", BEYOND)
+def test_beyond_divergences_random_logits_with_padding(what, setting):
+    g = _gen(7)
+    B, T, V = 3, 6, 11
+    student = torch.randn(B, T, V, generator=g) * 3
+    teacher = torch.randn(B, T, V, generator=g) * 3
+    mask = _right_padded_mask([6, 2, 4], T)
+    student[~mask] = float("nan")  # padded positions are never read
+    teacher[~mask] = float("inf")
+    s = student.clone().requires_grad_(True)
+    out = _beyond(what, s, teacher, mask.int(), setting)
+    assert out.dtype == torch.float32 and out.shape == (B, T)
+    assert (out[~mask] == 0).all() and (out[mask] >= -1e-6).all()
+    expected = _reference_beyond(student.nan_to_num(0.0), teacher.nan_to_num(0.0, posinf=0.0), what, setting)
+    torch.testing.assert_close(out[mask].double(), expected[mask], rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(s.grad).all() and (s.grad[~mask] == 0).all() and s.grad[mask].abs().sum() > 0
+
+
+def test_generalized_jsd_ends_and_middle_are_the_project_divergences():
+    g = _gen(8)
+    student, teacher = torch.randn(2, 5, 17, generator=g) * 4, torch.randn(2, 5, 17, generator=g) * 4
+    mask = _right_padded_mask([5, 3], 5)
+    gjsd = objectives.generalized_jsd
+    # beta = 1/2 is js (to rounding: the mixture is logsumexp(log p + log 1/2, log q + log 1/2), not
+    # logaddexp(log p, log q) - log 2), beta = 0 is kl, beta = 1 is kl with the roles swapped.
+    torch.testing.assert_close(gjsd(student, teacher, mask, 0.5), token_divergence(student, teacher, "js", mask),
+                               rtol=1e-6, atol=1e-7)
+    assert torch.equal(gjsd(student, teacher, mask, 0.0), token_divergence(student, teacher, "kl", mask))
+    assert torch.equal(gjsd(student, teacher, mask, 1.0), token_divergence(teacher, student, "kl", mask))
+    # Symmetry of the mixture: JSD(beta)(p, q) = JSD(1 - beta)(q, p).
+    torch.testing.assert_close(gjsd(student, teacher, mask, 0.2), gjsd(teacher, student, mask, 0.8))
+
+
+def test_skew_divergences_against_distillm_formulation():
+    """DistiLLM's losses.py: skewed_forward_kl = -sum p log(a p + (1-a) q) (the cross-entropy, without
+    the teacher's entropy); skewed_reverse_kl = sum q log q - sum q log(a q + (1-a) p)."""
+    g = _gen(9)
+    student, teacher = torch.randn(4, 3, 9, generator=g) * 2, torch.randn(4, 3, 9, generator=g) * 2
+    mask = torch.ones(4, 3)
+    p, q, a = torch.softmax(teacher.double(), -1), torch.softmax(student.double(), -1), 0.1
+    cross = -(p * torch.log(a * p + (1 - a) * q)).sum(-1)
+    torch.testing.assert_close(objectives.skew_kl(student, teacher, mask, a).double(),
+                               cross + (p * torch.log(p)).sum(-1), rtol=1e-5, atol=1e-6)
+    reverse = (q * torch.log(q)).sum(-1) - (q * torch.log(a * q + (1 - a) * p)).sum(-1)
+    torch.testing.assert_close(objectives.skew_reverse_kl(student, teacher, mask, a).double(), reverse,
+                               rtol=1e-5, atol=1e-6)
+    # alpha -> 0 approaches the plain KLs; the skew bounds the value by log(1/alpha).
+    torch.testing.assert_close(objectives.skew_kl(student, teacher, mask, 1e-7),
+                               token_divergence(student, teacher, "kl", mask), rtol=1e-4, atol=1e-5)
+    far = objectives.skew_kl(torch.tensor([[[50.0, -50.0]]]), torch.tensor([[[-50.0, 50.0]]]), torch.ones(1, 1), a)
+    assert float(far) == pytest.approx(math.log(1 / a), rel=1e-5)
+
+
+def test_beyond_divergences_reject_settings_out_of_range():
+    x = torch.zeros(1, 1, 3)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="beta"):
+            objectives.generalized_jsd(x, x, torch.ones(1, 1), bad)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            objectives.skew_kl(x, x, torch.ones(1, 1), bad)
+        with pytest.raises(ValueError, match="alpha"):
+            objectives.skew_reverse_kl(x, x, torch.ones(1, 1), bad)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_generalized_jsd_against_trl(beta):
+    """The bench extra's TRL (trl==1.16.0): GKDTrainer.generalized_jsd_loss summed over unmasked tokens."""
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer",
+                              reason="trl (the bench extra: pip install -e '.[bench]') is not installed")
+    g = _gen(10)
+    student, teacher = torch.randn(3, 7, 13, generator=g) * 3, torch.randn(3, 7, 13, generator=g) * 3
+    mask = _right_padded_mask([7, 4, 1], 7)
+    labels = torch.where(mask, 1, -100)
+    trl_sum = gkd.GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=beta, reduction="sum")
+    ours = objectives.generalized_jsd(student, teacher, mask, beta)
+    torch.testing.assert_close(ours.sum(), trl_sum.float(), rtol=1e-5, atol=1e-5)

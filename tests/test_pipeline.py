@@ -18,7 +18,7 @@ from snakemake_runner import REPO_ROOT, SNAKEMAKE, snakemake, write_config
 TEST_CONFIG = REPO_ROOT / "workflow" / "configs" / "test.yaml"
 DECODER_CONFIG = REPO_ROOT / "workflow" / "configs" / "test_decoder.yaml"
 ALL_METHODS = {"prompted", "sft", "seqkd", "kl", "js", "tvd", "llmr", "llmr-mean", "llmr-minvar", "ketchup",
-               "llmr-ppo", "ketchup-ppo"}
+               "llmr-ppo", "ketchup-ppo", "gkd", "srkl"}
 
 pytestmark = pytest.mark.slow
 

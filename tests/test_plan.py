@@ -145,6 +145,23 @@ def test_an_rl_job_decodes_its_rollouts_micro_batch_by_micro_batch():
     assert short.rollouts == ppo.rollouts // 2 and short.seconds["train_s"] == pytest.approx(ppo.seconds["train_s"] / 2)
 
 
+def test_divergence_jobs_decode_the_rows_their_student_samples_for():
+    """js: half of each micro-batch; gkd: its lambda; rkl: every row; skl, srkl and kl: none."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["students"] = {"s": config["students"]["tiny"]}
+    config["tasks"]["en_nl"].update(max_target_length=8)
+    config["train"] = {"batch_size": 4, "grad_accum": 1, "max_steps": 2, "eval_every": 100, "dev_eval_examples": 1}
+    config["generation"] = {"max_new_tokens": 8, "batch_size": 4}
+    config["divergence"] = {"lambda": 0.25}
+    split = SplitLengths((3,), (6,))
+    lengths = {"en_nl": costmodel.TaskLengths({"train": split, "dev": split, "test": split}, "hand")}
+    rollouts = {}
+    for method in ("kl", "js", "gkd", "rkl", "skl", "srkl"):
+        job = Job("student", {"task": "en_nl", "student": "s", "method": method, "seed": "0"}, "x", "y")
+        rollouts[method] = costmodel.job_counts(job, config, _cal(), lengths, startup="warm").rollouts
+    assert rollouts == {"kl": 0, "js": 2 * 2, "gkd": 2 * 1, "rkl": 2 * 4, "skl": 0, "srkl": 0}
+
+
 # --- the DAG's jobs ----------------------------------------------------------------------------
 
 

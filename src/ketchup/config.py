@@ -38,6 +38,7 @@ def schema_defaults(*where: str) -> dict[str, Any]:
 
 # Reference defaults (docs/settings.md); the config overrides any of them.
 RL_DEFAULTS = schema_defaults("properties", "rl")
+DIVERGENCE_DEFAULTS = schema_defaults("properties", "divergence")
 # `processes` says how a job is launched (ketchup.launch), not how it trains: it stays out of the
 # stages' specs, so that a config without the key keeps its specs and resume fingerprints.
 LAUNCH_KEYS = ("processes",)
@@ -364,6 +365,14 @@ def rl_settings(config: dict[str, Any], method: str | None = None) -> dict[str, 
     if method is not None and not registry.get(registry.method_and_k(method, 1)[0]).ppo:
         settings = {k: v for k, v in settings.items() if k not in PPO_KEYS}
     return settings
+
+
+def divergence_spec(config: dict[str, Any], method: str) -> dict[str, Any]:
+    """``{"divergence": settings}`` with the divergence.* keys the method reads (defaults < config), or
+    {} for a method that reads none (so that their specs and resume fingerprints stay as they were)."""
+    keys = registry.get(registry.method_and_k(method, 1)[0]).settings
+    settings = {**DIVERGENCE_DEFAULTS, **config.get("divergence", {})}
+    return {"divergence": {k: settings[k] for k in keys}} if keys else {}
 
 
 def task_lengths(config: dict[str, Any], task: str) -> tuple[int, int]:

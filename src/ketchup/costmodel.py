@@ -224,8 +224,8 @@ def training_counts(cal: dict[str, Any], model: str, family: str, settings: dict
         c.seconds_max += micro * (decode_seconds(cal, model, bs, rollout_target)
                                   - decode_seconds(cal, model, bs, roll_len))
         t_hat = roll_len
-    elif family == "divergence" and settings.get("two_source"):
-        rows = bs - (bs + 1) // 2 if bs > 1 else 1  # ketchup.methods.split_for_two_sources
+    elif family == "divergence" and settings.get("student_share", 0.0) > 0.0:
+        rows = registry.source_rows(bs, settings["student_share"])[1]  # ketchup.methods.split_for_two_sources
         roll_len = expected_max(train.target, rows, rollout_target)
         c.rollouts = micro * rows * processes
         c.add("rollout_s", micro * decode_seconds(cal, model, rows, roll_len))
@@ -288,7 +288,7 @@ def _student(w, config, cal, lengths) -> Counts:
         c = Counts()
         c.add("other_s", _unit(cal, model, "save_s"))
     else:
-        settings = {**kconfig.optim_settings(config, w["method"]), "two_source": m.family == "divergence" and method != "kl"}
+        settings = {**kconfig.optim_settings(config, w["method"]), "student_share": _student_share(config, method)}
         if m.ppo:
             rl = kconfig.rl_settings(config, method)
             settings["ppo"] = (rl["ppo_epochs"], rl["ppo_minibatches"])
@@ -430,8 +430,8 @@ def units_needed(config: dict[str, Any], rules: set[str] | None = None) -> dict[
             s["loss"][f"{LOSS_UNIT[fam]}@{bs}"] = UNIT_METHOD[LOSS_UNIT[fam]]
             if fam == "rl":
                 s["decode"].add(bs)
-            elif fam == "divergence" and method != "kl":
-                s["decode"].add(bs - (bs + 1) // 2 if bs > 1 else 1)
+            elif fam == "divergence" and _student_share(config, method) > 0.0:
+                s["decode"].add(registry.source_rows(bs, _student_share(config, method))[1])
         # The analyses' runs: ketchup-k{K} (the rl unit at ketchup's batch) and the gradient variance.
         from ketchup.analysis import settings as asettings
 
@@ -447,6 +447,13 @@ def units_needed(config: dict[str, Any], rules: set[str] | None = None) -> dict[
 
 # ---------------------------------------------------------------------------------------------------
 # The plan's rows and summary
+
+
+def _student_share(config: dict[str, Any], method: str) -> float:
+    """The share of rows a divergence method samples for (0 for every other method)."""
+    if registry.get(method).family != "divergence":
+        return 0.0
+    return registry.student_share(method, kconfig.divergence_spec(config, method).get("divergence", {}))
 
 
 def family_of(job: Job, config: dict[str, Any]) -> str:

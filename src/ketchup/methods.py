@@ -17,24 +17,39 @@ import torch
 from ketchup import objectives
 from ketchup.batching import Batch, Decoding, generate, target_logits
 from ketchup import registry
-from ketchup.config import RL_DEFAULTS
+from ketchup.config import DIVERGENCE_DEFAULTS, RL_DEFAULTS
 
 PPO_ROWS = "ppo"  # the key of a PPO minibatch's prepared rows in a micro-batch dict
 
 
-def split_for_two_sources(batch: Batch) -> tuple[Batch, Batch]:
-    """The rows js/tvd score on the teacher's outputs, and the rows whose sources the student samples for.
+def split_for_two_sources(batch: Batch, share: float = 0.5) -> tuple[Batch | None, Batch | None]:
+    """The rows scored on the teacher's outputs, and the rows whose sources the student samples for
+    (``registry.source_rows``; None for a source without rows).
 
-    The first ceil(B/2) examples keep the teacher's outputs, the rest get the student's samples, so
-    the objective 1/2 E_teacher[D] + 1/2 E_student[D] is estimated unbiasedly from B sequences per
-    micro-batch, as many as every other method trains on (scoring both sources on every example
-    would double the cost and the data per update). A one-example micro-batch gets both sources.
+    js and tvd (share 1/2): the first ceil(B/2) examples keep the teacher's outputs, the rest get the
+    student's samples, so the objective 1/2 E_teacher[D] + 1/2 E_student[D] is estimated unbiasedly
+    from B sequences per micro-batch, as many as every other method trains on (scoring both sources
+    on every example would double the cost and the data per update). gkd: a share lambda of the rows.
+    A split that would leave a source empty (a one-example micro-batch) gives both sources every row.
     """
     n = batch.input_ids.shape[0]
-    if n == 1:
+    teacher, student = registry.source_rows(n, share)
+    if teacher == student == n:
         return batch, batch
-    half = (n + 1) // 2
-    return batch.rows(slice(0, half)), batch.rows(slice(half, n))
+    return (batch.rows(slice(0, teacher)) if teacher else None,
+            batch.rows(slice(n - student, n)) if student else None)
+
+
+# The per-token loss of each divergence method but kl, from the student's and the teacher's logits, the
+# mask and its divergence.* settings (objectives.py holds the equations).
+DIVERGENCE_LOSSES = {
+    "js": lambda s, t, m, d: objectives.token_divergence(s, t, "js", m),
+    "tvd": lambda s, t, m, d: objectives.token_divergence(s, t, "tvd", m),
+    "gkd": lambda s, t, m, d: objectives.generalized_jsd(s, t, m, d["beta"]),
+    "rkl": lambda s, t, m, d: objectives.generalized_jsd(s, t, m, 1.0),  # GKD at beta = 1: KL(q || p)
+    "skl": lambda s, t, m, d: objectives.skew_kl(s, t, m, d["alpha"]),
+    "srkl": lambda s, t, m, d: objectives.skew_reverse_kl(s, t, m, d["alpha"]),
+}
 
 
 @dataclass
@@ -73,13 +88,20 @@ class Objective:
     k: int = 1  # K of the returns (RL): the registry's rule, applied when the spec is built
     logits_processor: Any = None  # for student decodes (ketchup.calculator.processors), or None
     decoding: Decoding = Decoding()  # the cache and compilation of student decodes (generation.cache / compile)
+    divergence: dict[str, float] = field(default_factory=dict)  # the divergence.* settings the method reads
 
     def __post_init__(self) -> None:
         self.rl = {**RL_DEFAULTS, **self.rl}  # the settings a spec leaves out take the schema's defaults
+        self.divergence = {**DIVERGENCE_DEFAULTS, **self.divergence}
 
     @property
     def family(self) -> str:
         return registry.get(self.method).family
+
+    @property
+    def student_share(self) -> float:
+        """The share of rows a divergence method's student samples for (registry.student_share)."""
+        return registry.student_share(self.method, self.divergence)
 
     @property
     def ppo(self) -> bool:
@@ -162,10 +184,12 @@ class Objective:
         if self.family == "supervised" or self.method == "kl":
             return {"data": batch}
         if self.family == "divergence":
-            data, rest = split_for_two_sources(batch)
-            sampled = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
-                               logits_processor=self.logits_processor, decoding=self.decoding)
-            return {"data": data, "student": sampled}
+            data, rest = split_for_two_sources(batch, self.student_share)
+            out = {"data": data} if data is not None else {}
+            if rest is not None:
+                out["student"] = generate(student, self.arch, rest, self.tokenizer, self.max_new_tokens, sample=True,
+                                          logits_processor=self.logits_processor, decoding=self.decoding)
+            return out
         return {"student": self.rl_rollout(student, batch)}
 
     def rl_rollout(self, student, batch: Batch) -> Batch:
@@ -208,20 +232,25 @@ class Objective:
         return self._policy_gradient(student, batches["student"])
 
     def _two_source_divergence(self, student, batches):
-        """Average of the divergence over the teacher's outputs and the student's samples, 1/2 each.
+        """The divergence averaged over the teacher's outputs and the student's samples, weighted
+        1 - share and share (js, tvd: 1/2 each; gkd: 1 - lambda and lambda; one source: all of it).
 
         Each source's per-token values are rescaled so that, after the loop divides by the total
-        token count, each source contributes half of the mean over its own tokens. The two sources
-        are disjoint halves of the micro-batch (``split_for_two_sources``).
+        token count, each source contributes its weight times the mean over its own tokens. The two
+        sources are disjoint parts of the micro-batch (``split_for_two_sources``).
         """
         parts, masks, stats = [], [], {}
         total = sum(float(b.target_mask.sum()) for b in batches.values())
+        share = self.student_share
         for name, b in batches.items():
-            values = objectives.token_divergence(target_logits(student, self.arch, b), self._teacher_logits(b),
-                                                 self.method, b.target_mask)
+            values = DIVERGENCE_LOSSES[self.method](target_logits(student, self.arch, b), self._teacher_logits(b),
+                                                    b.target_mask, self.divergence)
             n = float(b.target_mask.sum())
             stats[f"{self.method}_{name}"] = float(values.detach().sum()) / max(n, 1.0)
-            parts.append(values * (total / (2.0 * max(n, 1.0))))
+            weight = share if name == "student" else 1.0 - share
+            weight = 1.0 if len(batches) == 1 else weight
+            # js / tvd: total * 0.5 / n is the float of total / (2 n) they had before gkd: the same numbers
+            parts.append(values * (total * weight / max(n, 1.0)))
             masks.append(b.target_mask)
         width = max(p.shape[1] for p in parts)
         pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731

@@ -31,6 +31,9 @@ __all__ = [
     "DIVERGENCES",
     "LOG_FLOOR",
     "token_divergence",
+    "generalized_jsd",
+    "skew_kl",
+    "skew_reverse_kl",
     "induced_values",
     "one_step_rewards",
     "kstep_returns",
@@ -180,6 +183,13 @@ def token_divergence(
     """
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence kind {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+    return _pair_divergence(_divergence_rows, student_logits, teacher_logits, mask, kind)
+
+
+def _pair_divergence(rows_fn, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                     *args) -> torch.Tensor:
+    """``rows_fn(student_rows, teacher_rows, *args, vocab)`` over the real positions, as a [B, T] float32
+    tensor (0 on padding), after checking the shapes; vocab = min(V_s, V_t) (token_divergence)."""
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
     if student_logits.shape[:2] != teacher_logits.shape[:2]:
@@ -189,7 +199,7 @@ def token_divergence(
         )
     m = _as_bool_mask(mask, student_logits.shape[:2])
     vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-    return _scatter(_chunked_rows(_divergence_rows, (student_logits, teacher_logits), m, kind, vocab), m)
+    return _scatter(_chunked_rows(rows_fn, (student_logits, teacher_logits), m, *args, vocab), m)
 
 
 def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kind: str, vocab: int) -> torch.Tensor:
@@ -203,6 +213,92 @@ def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, kin
         log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
         return 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)
     return 0.5 * (p - q).abs().sum(-1)  # "tvd"
+
+
+def _kl_rows(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) = sum_v a_v (log a_v - log b_v) per row, from log-probabilities [N, V] -> [N]."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.Tensor:
+    """log(w a + (1 - w) b) for 0 < w < 1: probabilities mixed, by log-sum-exp of the weighted logs."""
+    return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """GKD's generalized Jensen-Shannon divergence per token (Agarwal et al., ICLR 2024), float32 [B, T],
+    0 on padding. With teacher p and student q (softmax of the logits):
+
+        M_beta = beta p + (1 - beta) q                                   (probabilities mixed)
+        JSD(beta)(p, q) = beta KL(p || M_beta) + (1 - beta) KL(q || M_beta)      0 < beta < 1
+        JSD(0) = KL(p || q)   (forward KL),   JSD(1) = KL(q || p)   (reverse KL)
+
+    The end points follow TRL's ``generalized_jsd_loss`` (the mixture form itself is 0 at both ends;
+    divided by beta, resp. 1 - beta, it tends to these KLs). beta = 1/2 is ``token_divergence``'s
+    ``"js"`` (to rounding: log M is taken as logsumexp(log p + log beta, log q + log(1 - beta))).
+    Float32, log-sum-exp, the vocabulary and -inf conventions of :func:`token_divergence`; the
+    gradient reaches the student through q and through M.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta}")
+    return _pair_divergence(_generalized_jsd_rows, student_logits, teacher_logits, mask, float(beta))
+
+
+def _generalized_jsd_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, beta: float,
+                          vocab: int) -> torch.Tensor:
+    log_q = _log_probs(student_rows[:, :vocab])
+    log_p = _log_probs(teacher_rows[:, :vocab])
+    if beta == 0.0:
+        return _kl_rows(log_p, log_q)
+    if beta == 1.0:
+        return _kl_rows(log_q, log_p)
+    log_m = _log_mixture(log_p, log_q, beta)
+    return beta * _kl_rows(log_p, log_m) + (1.0 - beta) * _kl_rows(log_q, log_m)
+
+
+def skew_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+            alpha: float) -> torch.Tensor:
+    """DistiLLM's skew KL per token (Ko et al., ICML 2024), float32 [B, T], 0 on padding:
+
+        SKL_alpha(p, q) = KL(p || alpha p + (1 - alpha) q),     0 < alpha < 1
+
+    teacher p, student q; alpha -> 0 is KL(p || q). DistiLLM's code (``skewed_forward_kl``) drops the
+    constant sum_v p_v log p_v (the same gradient, a value shifted by the teacher's entropy); this is
+    the divergence itself, >= 0. Conventions of :func:`generalized_jsd`.
+    """
+    _check_skew(alpha)
+    return _pair_divergence(_skew_rows, student_logits, teacher_logits, mask, float(alpha), False)
+
+
+def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                    alpha: float) -> torch.Tensor:
+    """DistiLLM's skew reverse KL per token (Ko et al., ICML 2024), float32 [B, T], 0 on padding:
+
+        SRKL_alpha(q, p) = KL(q || alpha q + (1 - alpha) p),    0 < alpha < 1
+
+    student q, teacher p; alpha -> 0 is KL(q || p) (DistiLLM's ``skewed_reverse_kl``, the same value).
+    Conventions of :func:`generalized_jsd`.
+    """
+    _check_skew(alpha)
+    return _pair_divergence(_skew_rows, student_logits, teacher_logits, mask, float(alpha), True)
+
+
+def _check_skew(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+
+
+def _skew_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, alpha: float, reverse: bool,
+               vocab: int) -> torch.Tensor:
+    log_q = _log_probs(student_rows[:, :vocab])
+    log_p = _log_probs(teacher_rows[:, :vocab])
+    first, second = (log_q, log_p) if reverse else (log_p, log_q)
+    return _kl_rows(first, _log_mixture(first, second, alpha))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ class Method:
     baseline: str = "none"  # RL only: the per-sequence baseline subtracted from the advantages
     label: str = ""  # the name tables and figures print
     ppo: bool = False  # RL only: several clipped-surrogate updates per rollout batch (rl.ppo_*), else one
+    # Divergence only: the share of each micro-batch's rows whose targets the student samples (the rest
+    # keep the teacher's outputs), a number or the divergence.* setting that gives it (source_rows).
+    student_share: float | str = 0.0
+    settings: tuple[str, ...] = ()  # the divergence.* config keys the objective reads
 
     def __post_init__(self) -> None:
         if self.ppo and self.family != "rl":
@@ -36,8 +40,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "supervised", "ground_truth", None, None, label="SFT"),
     Method("seqkd", "supervised", "teacher", None, None, label="SeqKD"),
     Method("kl", "divergence", "teacher", None, None, label="KL"),
-    Method("js", "divergence", "teacher", None, None, label="JS"),
-    Method("tvd", "divergence", "teacher", None, None, label="TVD"),
+    Method("js", "divergence", "teacher", None, None, label="JS", student_share=0.5),
+    Method("tvd", "divergence", "teacher", None, None, label="TVD", student_share=0.5),
     Method("llmr", "rl", "teacher", "one", "kl", label="LLMR"),
     Method("llmr-mean", "rl", "teacher", "one", "kl", baseline="mean", label="LLMR + mean baseline"),
     Method("llmr-minvar", "rl", "teacher", "one", "kl", baseline="minvar", label="LLMR + min-variance baseline"),
@@ -46,6 +50,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # surrogate over rl.ppo_epochs x rl.ppo_minibatches updates per rollout batch.
     Method("llmr-ppo", "rl", "teacher", "one", "kl", label="LLMR + PPO", ppo=True),
     Method("ketchup-ppo", "rl", "teacher", "task", "kl", label="KETCHUP + PPO", ppo=True),
+    # Beyond the paper: the field's on-policy and skew divergences (docs/methods.md), from the
+    # pretrained student like kl, js and tvd. GKD: generalized JSD(beta) on a divergence.lambda share of
+    # student samples; rkl: GKD at beta = 1, lambda = 1; DistiLLM's skew KL / skew reverse KL on the
+    # teacher's outputs.
+    Method("gkd", "divergence", "teacher", None, None, label="GKD", student_share="lambda",
+           settings=("beta", "lambda")),
+    Method("rkl", "divergence", "teacher", None, None, label="On-policy reverse KL", student_share=1.0),
+    Method("skl", "divergence", "teacher", None, None, label="Skew KL", settings=("alpha",)),
+    Method("srkl", "divergence", "teacher", None, None, label="Skew reverse KL", settings=("alpha",)),
 )}
 NAMES = list(METHODS)  # the paper's row order
 RL_METHODS = [name for name, m in METHODS.items() if m.family == "rl"]
@@ -101,6 +114,27 @@ def without_ppo(name: str) -> str:
     if not m.ppo:
         raise ValueError(f"method {name!r} does not update with PPO")
     return next(n for n, o in METHODS.items() if not o.ppo and (o.family, o.k, o.baseline) == (m.family, m.k, m.baseline))
+
+
+def student_share(name: str, settings: dict[str, float]) -> float:
+    """The share of rows a divergence method's student samples for, given its divergence.* settings."""
+    share = get(name).student_share
+    return float(settings[share]) if isinstance(share, str) else float(share)
+
+
+def source_rows(n: int, share: float) -> tuple[int, int]:
+    """(teacher rows, student rows) of an n-row micro-batch whose student samples for a ``share`` of rows.
+
+    The first n - floor(share * n) rows keep the teacher's outputs, the rest get the student's samples
+    (js and tvd: ceil(n/2) and floor(n/2)). A share of 0 or 1 takes one source; a share strictly
+    between whose split would leave a source empty (e.g. n = 1) scores both sources on all n rows.
+    """
+    if share <= 0.0:
+        return n, 0
+    if share >= 1.0:
+        return 0, n
+    student = int(round(share * n, 9))  # floor, blind to float noise (0.29 * 100 = 28.999...)
+    return (n, n) if student in (0, n) else (n - student, student)
 
 
 def get(name: str) -> Method:

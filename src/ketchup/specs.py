@@ -41,6 +41,9 @@ def check_student(spec: dict[str, Any], init: str | None) -> None:
                           f"give it with --init (RL from random weights is not a run of the paper)")
     if method.family == "rl" and "rl" not in spec:
         raise ConfigError(f"student --spec: method {method.name!r} needs the 'rl' settings block")
+    missing = [k for k in method.settings if k not in spec.get("divergence", {})]
+    if missing:
+        raise ConfigError(f"student --spec: method {method.name!r} needs divergence.{', divergence.'.join(missing)}")
     if spec.get("pretrained") and not method.starts_from and not init:
         raise ConfigError(f"student: students.{spec['student']} is pretrained (its pretrain block); give the "
                           "pretrained model with --init")

@@ -293,7 +293,7 @@ def _train_student(spec: dict[str, Any], model, tok, data_dir: str, teacher_outp
     teacher_model = (load_model(arch, teacher_dir, dtype=teacher_dtype(spec.get("teacher_dtype", "auto")))
                      if registry.get(method).needs_teacher else None)
     objective = Objective(method, arch, tok, teacher=teacher_model, max_new_tokens=spec["max_target_length"],
-                          rl=spec.get("rl", {}), k=spec.get("k", 1),
+                          rl=spec.get("rl", {}), k=spec.get("k", 1), divergence=spec.get("divergence", {}),
                           logits_processor=processors(spec["generation"], tok), decoding=Decoding.of(spec["generation"]))
     evaluate = dev_evaluator(tdef, tok, arch, dev_ex, spec["generation"], spec["max_source_length"],
                              spec["train"]["dev_eval_examples"])

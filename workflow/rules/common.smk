@@ -194,6 +194,7 @@ def student_spec(wildcards):
             "train": kconfig.optim_settings(config, wildcards.method),  # a {method}-r{N} run: N steps
             "rl": kconfig.rl_settings(config, method),
             "k": k,
+            **kconfig.divergence_spec(config, method),
             "generation": kconfig.generation_settings(config, wildcards.task),
             "seed": int(wildcards.seed),
             **kconfig.teacher_dtype_spec(config),
