@@ -161,7 +161,8 @@ def test_method_names_agree_everywhere(monkeypatch):
         paper = [m for m in methods if not registry.get(m).ppo and m not in beyond]
         default = [m for m in methods if m not in beyond]
         expected = {"paper.yaml": paper, "paper_qwen.yaml": paper, "paper_budget.yaml": paper, "smollm2_gsm8k.yaml": paper,
-                    "study.yaml": methods, "onpolicy.yaml": methods, "test.yaml": [*default, "gkd", "srkl"]}
+                    "study.yaml": methods, "onpolicy.yaml": methods, "test.yaml": [*default, "gkd", "srkl"],
+                    "test_decoder.yaml": [*default, "gkd", "srkl"]}
         assert config["methods"] == expected.get(path.name, default), path.name
         # Every RL method of a shipped config trains alike, so that the baselines compare fairly.
         settings = [kconfig.optim_settings(config, m) for m in registry.RL_METHODS if m in config["methods"]]

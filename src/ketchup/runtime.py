@@ -61,7 +61,18 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, name: s
     except errors as exc:
         print(f"{name} {getattr(args, dest)}: error: {exc}", file=sys.stderr)
         return 2
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """End an N-process job's process group once every process is done. Left to interpreter exit,
+    gloo's threads are torn down unjoined and a process can abort (SIGABRT, "terminate called without
+    an active exception") after its work is done, which fails the whole job."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: a 1-process job has no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def import_quietly(*modules: str) -> None:
