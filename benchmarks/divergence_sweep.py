@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -33,25 +32,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ketchup import config as kconfig, paths  # noqa: E402
-from sweeps import sibling, snakemake  # noqa: E402
+from ketchup import config as kconfig  # noqa: E402
+from sweeps import dev_row, model_targets, sibling, snakemake  # noqa: E402
 
 REFERENCES = ["kl", "rkl"]
 
 
 def run_row(workdir: Path, task: str, student: str, method: str, seed: int) -> dict:
-    """Dev numbers and seconds of one finished student run (never its test metrics)."""
-    run = workdir / paths.student_model(task, student, method, seed)
-    summary = json.loads((run / "train_summary.json").read_text())
-    log = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-    return {"task": task, "student": student, "method": method, "seed": seed,
-            "dev_start": next(r["dev_metric"] for r in log if "dev_metric" in r),
-            "dev_best": summary["best_dev_metric"], "best_step": summary["best_step"],
-            "train_s": sum(r.get("seconds", 0.0) for r in log)}
-
-
-def model_targets(tasks, students, methods, seeds) -> list[str]:
-    return [paths.student_model(t, s, m, seed) for t in tasks for s in students for m in methods for seed in seeds]
+    return dev_row(workdir, task, student, method, seed)[0]
 
 
 def grid(args) -> list[tuple[list[str], dict[str, float]]]:

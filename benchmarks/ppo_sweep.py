@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from pathlib import Path
@@ -35,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ketchup import config as kconfig, paths, registry  # noqa: E402
-from sweeps import sibling, snakemake  # noqa: E402
+from ketchup import config as kconfig, registry  # noqa: E402
+from sweeps import dev_row, model_targets, sibling, snakemake  # noqa: E402
 
 SETTING = re.compile(r"(\d+)x(\d+)@([0-9.eE-]+)")
 
@@ -56,17 +55,11 @@ def plain_method(method: str) -> str:
 
 
 def run_row(workdir: Path, task: str, student: str, method: str, seed: int) -> dict:
-    """Dev numbers and seconds of one finished student run (never its test metrics)."""
-    run = workdir / paths.student_model(task, student, method, seed)
-    summary = json.loads((run / "train_summary.json").read_text())
-    log = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    """Dev numbers, seconds and PPO statistics of one finished student run (never its test metrics)."""
+    row, log = dev_row(workdir, task, student, method, seed)
     bench = workdir / f"results/benchmarks/student/{task}/{student}/{method}/seed{seed}.tsv"
     job_s = float(next(csv.DictReader(bench.open(), delimiter="\t"))["s"]) if bench.exists() else float("nan")
-    return {"task": task, "student": student, "method": method, "seed": seed,
-            "dev_start": next(r["dev_metric"] for r in log if "dev_metric" in r),
-            "dev_best": summary["best_dev_metric"], "best_step": summary["best_step"],
-            "train_s": sum(r.get("seconds", 0.0) for r in log), "job_s": job_s,
-            "rollouts": sum(r.get("rollouts", 0.0) for r in log),
+    return {**row, "job_s": job_s, "rollouts": sum(r.get("rollouts", 0.0) for r in log),
             "clip_fraction": _mean(r.get("clip_fraction") for r in log),
             "approx_kl": _mean(r.get("approx_kl") for r in log)}
 
@@ -74,10 +67,6 @@ def run_row(workdir: Path, task: str, student: str, method: str, seed: int) -> d
 def _mean(values) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
-
-
-def model_targets(tasks, students, methods, seeds) -> list[str]:
-    return [paths.student_model(t, s, m, seed) for t in tasks for s in students for m in methods for seed in seeds]
 
 
 def main() -> None:
